@@ -1,0 +1,68 @@
+"""The built-in shapes dataset as a pipeline source (image-caption pairs, images, text, image-label)."""
+
+from __future__ import annotations
+
+import functools
+
+import grain
+import numpy as np
+
+from vlfm.data import shapes
+from vlfm.data.masking import mlm_mask
+from vlfm.data.pipeline import DATASETS, DatasetBundle
+from vlfm.data.tokenizers import WordTokenizer
+
+IMAGE_MEAN, IMAGE_STD = 0.5, 0.5
+
+
+class _ArraySource(grain.sources.RandomAccessDataSource):
+    """Random access over a dict of equally long arrays, one example dict per index."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self._len = len(next(iter(arrays.values())))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {k: v[index] for k, v in self.arrays.items()}
+
+
+def _mlm_transform(example: dict, rng: np.random.Generator, *, tokenizer: WordTokenizer, prob: float) -> dict:
+    special = np.array([tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id], np.int32)
+    ids, targets = mlm_mask(example["text"], rng, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                            special_ids=special, prob=prob)
+    return dict(example, text=ids, mlm_targets=targets)
+
+
+@DATASETS.register("shapes")
+def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32, max_objects: int = 2,
+                   view: str = "pairs", max_len: int = 16, mlm_prob: float = 0.0,
+                   cache_dir: str | None = None) -> DatasetBundle:
+    """Examples with ``image`` (float32, scaled to [-1, 1]), ``text``/``text_mask`` (word ids),
+    ``label`` and the main object's attributes, restricted to the keys of ``view``. With
+    ``mlm_prob > 0`` the text is masked per example (80/10/10) and ``mlm_targets`` added."""
+    if view not in shapes.VIEWS:
+        raise ValueError(f"unknown shapes view {view!r}; valid views: {', '.join(shapes.VIEWS)}")
+    data = shapes.load(split, num_examples, image_size, max_objects, cache_dir=cache_dir)
+    tokenizer = WordTokenizer.for_shapes()
+    arrays: dict[str, np.ndarray] = {}
+    keys = shapes.VIEWS[view]
+    if "image" in keys:
+        arrays["image"] = ((data["image"].astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD)
+    if "caption" in keys:
+        tokens = tokenizer.encode_batch(list(data["caption"]), max_len)
+        arrays["text"], arrays["text_mask"] = tokens["ids"], tokens["mask"]
+    if "label" in keys or view == "pairs":
+        for k in ("label", "shape", "color", "size", "position"):
+            arrays[k] = data[k]
+    transform = None
+    if mlm_prob > 0:
+        if "text" not in arrays:
+            raise ValueError(f"mlm_prob needs a view with captions, not {view!r}")
+        transform = functools.partial(_mlm_transform, tokenizer=tokenizer, prob=mlm_prob)
+    prompts = shapes.class_prompts()
+    info = dict(name="shapes", tokenizer=tokenizer, max_len=max_len, class_names=list(shapes.CLASS_NAMES),
+                class_prompts=prompts, num_classes=len(shapes.CLASS_NAMES), vocab_size=tokenizer.vocab_size)
+    return DatasetBundle(grain.MapDataset.source(_ArraySource(arrays)), transform, info)

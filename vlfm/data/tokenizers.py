@@ -1,0 +1,261 @@
+"""Text tokenizers behind one small protocol, so models, losses and data pipelines never care which is used.
+
+Each tokenizer exposes vocab_size, pad_id, mask_id, eos_id, bos_id/cls_id, encode (no specials), decode and
+encode_batch (specials, truncation and padding to a fixed length, as the fixed-shape jitted steps need).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+    mask_id: int
+    eos_id: int | None
+    bos_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]: ...
+
+
+def _pack(rows: list[list[int]], first: int, last: int, pad: int, max_len: int) -> dict[str, np.ndarray]:
+    """[first] + row + [last], truncated inside so the closing special survives, then padded to max_len."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2 to hold the opening and closing specials, got {max_len}")
+    ids = np.full((len(rows), max_len), pad, dtype=np.int32)
+    mask = np.zeros((len(rows), max_len), dtype=np.int32)
+    for i, row in enumerate(rows):
+        seq = [first] + list(row[: max_len - 2]) + [last]
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+    return {"ids": ids, "mask": mask}
+
+
+class WordTokenizer:
+    """Word-level tokenizer for closed vocabularies such as the built-in shapes captions.
+
+    Ids 0..4 are fixed specials (pad, unk, bos, eos, mask) and the words follow in the given order, so the
+    ids stay stable as long as the vocabulary list does.
+    """
+
+    PAD, UNK, BOS, EOS, MASK = "<pad>", "<unk>", "<bos>", "<eos>", "<mask>"
+    SPECIALS = (PAD, UNK, BOS, EOS, MASK)
+
+    def __init__(self, vocab: Sequence[str], lowercase: bool = True):
+        self.lowercase = lowercase
+        words = [w.lower() if lowercase else w for w in vocab]
+        if len(set(words)) != len(words):
+            raise ValueError("WordTokenizer vocabulary has duplicate words")
+        for w in words:
+            if not re.fullmatch(r"[^\W_]+", w):
+                raise ValueError(f"vocabulary word {w!r} is not a single alphanumeric word")
+        self.tokens: list[str] = list(self.SPECIALS) + words
+        self._ids = {w: i for i, w in enumerate(words, start=len(self.SPECIALS))}
+        self.vocab_size = len(self.tokens)
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id = range(len(self.SPECIALS))
+        self.cls_id = self.bos_id
+
+    @classmethod
+    def for_shapes(cls) -> WordTokenizer:
+        """The tokenizer for captions of the built-in shapes dataset."""
+        from vlfm.data import shapes
+
+        return cls(shapes.VOCAB)
+
+    def split(self, text: str) -> list[str]:
+        """Words of a text: runs of letters and digits, everything else separates."""
+        if self.lowercase:
+            text = text.lower()
+        return re.findall(r"[^\W_]+", text)
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ids.get(w, self.unk_id) for w in self.split(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        skip = (self.pad_id, self.bos_id, self.eos_id)
+        return " ".join(self.tokens[int(i)] for i in ids if int(i) not in skip)
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
+        return _pack([self.encode(t) for t in texts], self.bos_id, self.eos_id, self.pad_id, max_len)
+
+
+# ----------------------------------------------------------------------------------------------------
+# BERT WordPiece
+
+
+def _is_whitespace(ch: str) -> bool:
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch: str) -> bool:
+    """Characters the cleaning step drops: categories Cc, Cf, Co (and Cs), but not tab/newline, which
+    are whitespace. Unassigned code points (Cn) are kept, as in the HF tokenizers library."""
+    if ch in "\t\n\r":
+        return False
+    category = unicodedata.category(ch)
+    return category.startswith("C") and category != "Cn"
+
+
+def _is_punctuation(ch: str) -> bool:
+    """BERT's punctuation: all non-alphanumeric ASCII (so "$", "^", "`" too), plus Unicode P* categories."""
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)  # HF tokenizers starts the sixth block at 0x2B920 (original BERT: 0x2B820); matched for id parity
+
+
+def _is_cjk(ch: str) -> bool:
+    """CJK ideographs, which BERT splits into one token each (kana and hangul are not in these blocks)."""
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+class WordPieceTokenizer:
+    """BERT tokenizer: basic tokenisation, then greedy longest-match-first WordPiece.
+
+    Gives the same ids as HF BertTokenizer (transformers 5, backed by the tokenizers library), including
+    its quirks: unassigned code points are kept, and the CJK block list starts its sixth range at 0x2B920.
+    Two known differences remain: special tokens written inside the text (e.g. "[MASK]") are tokenised
+    as ordinary text, and the tokenizers library classifies characters with Unicode 8.0 tables, so the
+    few hundred marks and punctuation characters added since (rare scripts) are split or stripped here
+    but treated as plain letters there.
+    """
+
+    def __init__(self, vocab: Sequence[str], lowercase: bool = True, max_chars_per_word: int = 100):
+        self.tokens: list[str] = list(vocab)
+        self._ids: dict[str, int] = {}
+        for i, tok in enumerate(self.tokens):
+            self._ids.setdefault(tok, i)
+        self.lowercase = lowercase
+        self.max_chars_per_word = max_chars_per_word
+        self.vocab_size = len(self.tokens)
+        self.pad_id = self._special("[PAD]")
+        self.unk_id = self._special("[UNK]")
+        self.cls_id = self._special("[CLS]")
+        self.sep_id = self._special("[SEP]")
+        self.mask_id = self._special("[MASK]")
+        self.bos_id = self.cls_id
+        self.eos_id = self.sep_id
+        self._cache: dict[str, list[int]] = {}
+
+    def _special(self, token: str) -> int:
+        if token not in self._ids:
+            raise ValueError(f"WordPiece vocabulary lacks the special token {token}")
+        return self._ids[token]
+
+    @classmethod
+    def from_vocab_file(cls, path: str | os.PathLike, lowercase: bool = True) -> WordPieceTokenizer:
+        """Reads a BERT vocab.txt: one token per line, the id is the line number."""
+        with open(path, encoding="utf-8") as f:
+            vocab = [line.rstrip("\n").rstrip("\r") for line in f]
+        while vocab and vocab[-1] == "":  # a trailing newline is not a token
+            vocab.pop()
+        return cls(vocab, lowercase=lowercase)
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        """BERT basic tokenisation: clean, split CJK, lower-case and strip accents, split on punctuation."""
+        chars = []
+        for ch in text:
+            cp = ord(ch)
+            if cp == 0 or cp == 0xFFFD or _is_control(ch):
+                continue
+            if _is_whitespace(ch):
+                chars.append(" ")
+            elif _is_cjk(ch):
+                chars.append(f" {ch} ")
+            else:
+                chars.append(ch)
+        words = []
+        for word in "".join(chars).split():
+            if self.lowercase:
+                # Strip accents first, then lower-case char by char (no final-sigma rule), as HF does.
+                word = "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
+                word = "".join(c.lower() for c in word)
+            current = ""
+            for ch in word:
+                if _is_punctuation(ch):
+                    if current:
+                        words.append(current)
+                        current = ""
+                    words.append(ch)
+                else:
+                    current += ch
+            if current:
+                words.append(current)
+        return words
+
+    def _wordpiece(self, word: str) -> list[int]:
+        """Greedy longest-match-first pieces; the whole word becomes [UNK] if any part cannot be matched."""
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        if len(word) > self.max_chars_per_word:
+            return [self.unk_id]
+        pieces = []
+        start = 0
+        while start < len(word):
+            end = len(word)
+            found = None
+            while start < end:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self._ids:
+                    found = self._ids[piece]
+                    break
+                end -= 1
+            if found is None:
+                pieces = [self.unk_id]
+                break
+            pieces.append(found)
+            start = end
+        if len(self._cache) < 100_000:
+            self._cache[word] = pieces
+        return pieces
+
+    def tokenize(self, text: str) -> list[str]:
+        return [self.tokens[i] for i in self.encode(text)]
+
+    def encode(self, text: str) -> list[int]:
+        return [i for word in self.basic_tokenize(text) for i in self._wordpiece(word)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        skip = (self.pad_id, self.cls_id, self.sep_id)
+        text = " ".join(self.tokens[int(i)] for i in ids if int(i) not in skip)
+        return text.replace(" ##", "")
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
+        out = _pack([self.encode(t) for t in texts], self.cls_id, self.sep_id, self.pad_id, max_len)
+        out["type_ids"] = np.zeros_like(out["ids"])
+        return out
+
+
+TOKENIZER_KINDS = ("word_shapes", "wordpiece")
+
+
+def build_tokenizer(kind: str, **kwargs: Any) -> WordTokenizer | WordPieceTokenizer:
+    """Builds a tokenizer by name: "word_shapes" (no arguments) or "wordpiece" (path=vocab.txt, lowercase=)."""
+    if kind == "word_shapes":
+        if kwargs:
+            raise TypeError(f"tokenizer 'word_shapes' takes no arguments, got {sorted(kwargs)}")
+        return WordTokenizer.for_shapes()
+    if kind == "wordpiece":
+        if "path" not in kwargs:
+            raise TypeError("tokenizer 'wordpiece' needs path=<vocab.txt>")
+        return WordPieceTokenizer.from_vocab_file(**kwargs)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; valid kinds: {', '.join(TOKENIZER_KINDS)}")

@@ -1,0 +1,6 @@
+"""Pluggable evaluators, chosen by name in ``config.evals``."""
+
+from vlfm.evaluators import classification, retrieval  # noqa: F401  (registers the evaluators)
+from vlfm.evaluators.registry import EVALUATORS
+
+__all__ = ["EVALUATORS"]

@@ -1,0 +1,38 @@
+"""Registry of losses: ``fn(outputs, batch, **cfg) -> (scalar loss, metrics dict)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+
+from vlfm.registry import Registry
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+LOSSES: Registry[LossFn] = Registry("loss")
+
+
+def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
+    """Weighted sum of the configured losses; metrics are prefixed with each loss's name.
+
+    ``losses_cfg`` maps a loss name to its keyword arguments plus an optional ``weight``.
+    """
+    if not losses_cfg:
+        raise ValueError(f"no loss configured; valid names: {', '.join(LOSSES.names())}")
+    parts = []
+    for name, cfg in losses_cfg.items():
+        cfg = dict(cfg or {})
+        weight = float(cfg.pop("weight", 1.0))
+        parts.append((name, weight, LOSSES.get(cfg.pop("fn", name)), cfg))
+
+    def total(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
+        loss, metrics = 0.0, {}
+        for name, weight, fn, kwargs in parts:
+            value, m = fn(outputs, batch, **kwargs)
+            loss = loss + weight * value
+            metrics[f"{name}/loss"] = value
+            metrics.update({f"{name}/{k}": v for k, v in m.items()})
+        return loss, metrics
+
+    return total

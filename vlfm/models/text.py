@@ -1,0 +1,167 @@
+"""Text towers: the CLIP-style causal text transformer and the BERT encoder (with MLM head)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from vlfm.models import layers
+from vlfm.models.towers import TOWERS
+
+
+def pool_tokens(tokens: jax.Array, ids: jax.Array, mask: jax.Array | None, how: str, eos_id: int | None) -> jax.Array:
+    """Picks one vector per sequence.
+
+    ``eos``: the first ``eos_id`` token (HF CLIP); ``argmax``: the largest id, which is the end token in
+    OpenAI's vocabulary (open_clip); ``first``: token 0; ``last``: the last real token; ``mean``:
+    mean over real tokens.
+    """
+    b = tokens.shape[0]
+    rows = jnp.arange(b)
+    if how == "eos":
+        if eos_id is None:
+            raise ValueError("pool='eos' needs eos_id")
+        return tokens[rows, jnp.argmax(ids == eos_id, axis=-1)]
+    if how == "argmax":
+        return tokens[rows, jnp.argmax(ids, axis=-1)]
+    if how == "first":
+        return tokens[:, 0]
+    if how == "last":
+        lengths = jnp.full((b,), ids.shape[1]) if mask is None else mask.sum(-1)
+        return tokens[rows, jnp.maximum(lengths - 1, 0)]
+    if how == "mean":
+        m = jnp.ones(ids.shape, tokens.dtype) if mask is None else mask.astype(tokens.dtype)
+        return (tokens * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
+    raise ValueError(f"unknown text pool {how!r}; valid: eos, argmax, first, last, mean")
+
+
+@TOWERS.register("text_transformer")
+class TextTransformer(nn.Module):
+    """Token ids ``[B, L]`` -> ``{"tokens", "pooled"}``; pre-LN, causal by default (CLIP text tower)."""
+
+    vocab_size: int = 49408
+    max_len: int = 77
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    causal: bool = True
+    pool: str = "eos"
+    eos_id: int | None = None
+    ln_eps: float = 1e-5
+    act: str = "gelu"
+    dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    init_std: float | None = 0.02
+    scan: bool = True
+    remat: str = "none"
+    attention: str = "xla"
+    collect_hidden: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> dict:
+        dtype, pdtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        if ids.shape[1] > self.max_len:
+            raise ValueError(f"text length {ids.shape[1]} exceeds max_len {self.max_len}")
+        x = layers.TokenEmbed(self.vocab_size, self.width, dtype=dtype, param_dtype=pdtype, name="token_embed")(ids)
+        pos = layers.PosEmbed(self.max_len, self.width, init_std=0.01, param_dtype=pdtype, name="pos_embed")()
+        x = x + pos[: ids.shape[1]].astype(dtype)[None]
+        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        # A causal model needs no key padding: padding sits after the pooled token.
+        kv_lengths = None if (self.causal or mask is None) else mask.sum(-1).astype(jnp.int32)
+        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="pre", ln_eps=self.ln_eps, act=self.act,
+                     dropout_rate=self.dropout_rate, causal=self.causal, implementation=self.attention,
+                     init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
+        out = layers.Encoder(self.depth, block, self.drop_path_rate, self.scan, self.remat, self.collect_hidden,
+                             name="encoder")(x, kv_lengths=kv_lengths, train=train)
+        outputs = {}
+        if self.collect_hidden:
+            out, outputs["hidden"] = out
+        out = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")(out)
+        outputs["tokens"] = out
+        outputs["pooled"] = pool_tokens(out, ids, mask, self.pool, self.eos_id)
+        return outputs
+
+
+@TOWERS.register("bert")
+class Bert(nn.Module):
+    """BERT encoder (post-LN): ``ids, mask, type_ids`` -> ``{"tokens", "pooled", "mlm_logits"?}``.
+
+    ``pooler`` is BERT's tanh(dense(CLS)); ``mlm_head`` adds the transform (dense, GELU, LN) and a
+    decoder, tied to the word embeddings like HF ``BertForMaskedLM`` or untied (ViLT, VLMo, BridgeTower).
+    """
+
+    vocab_size: int = 30522
+    max_len: int = 512
+    type_vocab_size: int = 2
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    ln_eps: float = 1e-12
+    act: str = "gelu"
+    dropout_rate: float = 0.1
+    attn_dropout_rate: float = 0.1
+    init_std: float | None = 0.02
+    pooler: bool = True
+    mlm_head: bool = False
+    tie_mlm_decoder: bool = True
+    scan: bool = True
+    remat: str = "none"
+    attention: str = "xla"
+    collect_hidden: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, mask: jax.Array | None = None, type_ids: jax.Array | None = None, *,
+                 train: bool = False) -> dict:
+        dtype, pdtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        if ids.shape[1] > self.max_len:
+            raise ValueError(f"text length {ids.shape[1]} exceeds max_len {self.max_len}")
+        std = self.init_std if self.init_std is not None else 0.02
+        embed = layers.TokenEmbed(self.vocab_size, self.width, init_std=std, dtype=dtype, param_dtype=pdtype,
+                                  name="token_embed")
+        x = embed(ids)
+        x = x + layers.PosEmbed(self.max_len, self.width, std, param_dtype=pdtype,
+                                name="pos_embed")()[: ids.shape[1]].astype(dtype)[None]
+        if self.type_vocab_size:
+            types = layers.PosEmbed(self.type_vocab_size, self.width, std, axis_name="types", param_dtype=pdtype,
+                                    name="type_embed")()
+            type_ids = jnp.zeros_like(ids) if type_ids is None else type_ids
+            x = x + jnp.take(types, type_ids, axis=0).astype(dtype)
+        x = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_embed")(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        # Padding is taken as lengths (right padding, as every vlfm tokenizer produces).
+        kv_lengths = None if mask is None else mask.sum(-1).astype(jnp.int32)
+        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="post", ln_eps=self.ln_eps, act=self.act,
+                     dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
+                     implementation=self.attention, init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
+        out = layers.Encoder(self.depth, block, 0.0, self.scan, self.remat, self.collect_hidden,
+                             name="encoder")(x, kv_lengths=kv_lengths, train=train)
+        outputs = {}
+        if self.collect_hidden:
+            out, outputs["hidden"] = out
+        outputs["tokens"] = out
+        outputs["pooled"] = out[:, 0]
+        if self.pooler:
+            outputs["pooled"] = jnp.tanh(layers.Proj((self.width,), ("embed", "proj"), init_std=self.init_std,
+                                                     dtype=dtype, param_dtype=pdtype, name="pooler")(out[:, 0]))
+        if self.mlm_head:
+            h = layers.Proj((self.width,), ("embed", "proj"), init_std=self.init_std, dtype=dtype, param_dtype=pdtype,
+                            name="mlm_transform")(out)
+            h = layers.activation(self.act)(h)
+            h = layers.layer_norm(self.ln_eps, dtype, pdtype, name="mlm_ln")(h)
+            if self.tie_mlm_decoder:
+                logits = embed.attend(h)
+            else:
+                logits = layers.Proj((self.vocab_size,), ("embed", "vocab"), use_bias=False, init_std=self.init_std,
+                                     dtype=dtype, param_dtype=pdtype, name="mlm_decoder")(h)
+            bias = self.param("mlm_bias", layers.logical(nn.initializers.zeros, ("vocab",)), (self.vocab_size,),
+                              pdtype)
+            outputs["mlm_logits"] = (logits + bias.astype(logits.dtype)).astype(jnp.float32)
+        return outputs

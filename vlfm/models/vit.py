@@ -1,0 +1,136 @@
+"""Vision Transformer (ViT / CLIP image tower).
+
+Covers the ViT family (Ti/S/B/L/H at any patch size) and CLIP's image encoder (``ln_pre``, no patch
+bias, QuickGELU) through options, so HF ``ViTModel`` and ``CLIPVisionModel`` weights load directly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from vlfm.models import layers
+from vlfm.models.towers import TOWERS
+
+# name -> (width, depth, heads, mlp_dim)
+VARIANTS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+}
+
+
+def variant(name: str) -> dict:
+    """``"B/16"`` -> ViT fields (width, depth, num_heads, mlp_dim, patch_size)."""
+    size, _, patch = name.partition("/")
+    if size not in VARIANTS:
+        raise KeyError(f"unknown ViT variant {name!r}; valid sizes: {', '.join(VARIANTS)}")
+    width, depth, heads, mlp = VARIANTS[size]
+    out = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp)
+    if patch:
+        out["patch_size"] = int(patch)
+    return out
+
+
+@TOWERS.register("vit")
+class VisionTransformer(nn.Module):
+    """Images ``[B, H, W, 3]`` -> ``{"tokens", "pooled", "logits"?}``.
+
+    ``pool``: ``cls`` (class token), ``gap`` (mean of patch tokens), ``map`` (attention pooling) or
+    ``none``. ``pooler="dense_tanh"`` adds BERT/HF-ViT's tanh pooler on the pooled vector.
+    ``num_classes > 0`` adds a (zero-initialised) linear classifier.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    pos_embedding: str = "learned"
+    class_token: bool = True
+    pool: str = "cls"
+    pre_norm: bool = False
+    patch_bias: bool = True
+    final_norm: bool = True
+    pooler: str = "none"
+    num_classes: int = 0
+    ln_eps: float = 1e-6
+    act: str = "gelu"
+    qkv_bias: bool = True
+    layer_scale: float | None = None
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    init_std: float | None = None
+    scan: bool = True
+    remat: str = "none"
+    attention: str = "xla"
+    collect_hidden: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> dict:
+        dtype, pdtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        x, (gh, gw) = layers.PatchEmbed(self.patch_size, self.width, use_bias=self.patch_bias, init_std=self.init_std,
+                                        dtype=dtype, param_dtype=pdtype, name="patch_embed")(images)
+        b = x.shape[0]
+        n_prefix = 1 if self.class_token else 0
+        if self.class_token:
+            cls = self.param("cls", layers.logical(nn.initializers.zeros, ("embed",)), (self.width,), pdtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.width)), x], axis=1)
+        if self.pos_embedding == "learned":
+            pos = layers.PosEmbed(x.shape[1], self.width, param_dtype=pdtype, name="pos_embed")()
+            x = x + pos.astype(dtype)[None]
+        elif self.pos_embedding == "sincos2d":
+            pos = jnp.asarray(layers.sincos_2d(gh, gw, self.width), dtype)
+            x = x.at[:, n_prefix:].add(pos[None])
+        elif self.pos_embedding != "none":
+            raise ValueError(f"unknown pos_embedding {self.pos_embedding!r}; valid: learned, sincos2d, none")
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        if self.pre_norm:
+            x = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_pre")(x)
+        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="pre", ln_eps=self.ln_eps, act=self.act,
+                     qkv_bias=self.qkv_bias, layer_scale=self.layer_scale, dropout_rate=self.dropout_rate,
+                     attn_dropout_rate=self.attn_dropout_rate, implementation=self.attention,
+                     init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
+        out = layers.Encoder(self.depth, block, self.drop_path_rate, self.scan, self.remat, self.collect_hidden,
+                             name="encoder")(x, train=train)
+        outputs = {}
+        if self.collect_hidden:
+            out, outputs["hidden"] = out
+        outputs["encoded"] = out
+        if self.final_norm:
+            out = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")(out)
+        outputs["tokens"] = out
+        if self.pool == "cls":
+            if not self.class_token:
+                raise ValueError("pool='cls' needs class_token=True")
+            pooled = out[:, 0]
+        elif self.pool == "gap":
+            pooled = out[:, n_prefix:].mean(axis=1)
+        elif self.pool == "map":
+            pooled = layers.MapHead(self.num_heads, self.mlp_dim, self.ln_eps, self.attention, dtype, pdtype,
+                                    name="map_head")(out)
+        elif self.pool == "none":
+            pooled = None
+        else:
+            raise ValueError(f"unknown pool {self.pool!r}; valid: cls, gap, map, none")
+        if self.pooler not in ("none", "dense_tanh"):
+            raise ValueError(f"unknown pooler {self.pooler!r}; valid: none, dense_tanh")
+        if pooled is None and (self.pooler != "none" or self.num_classes):
+            raise ValueError("pool='none' leaves nothing for the pooler or the classifier head")
+        if self.pooler == "dense_tanh":
+            pooled = jnp.tanh(layers.Proj((self.width,), ("embed", "proj"), init_std=self.init_std, dtype=dtype,
+                                          param_dtype=pdtype, name="pooler")(pooled))
+        outputs["pooled"] = pooled
+        if self.num_classes:
+            outputs["logits"] = layers.Proj((self.num_classes,), ("embed", "classes"), zero_init=True, dtype=dtype,
+                                            param_dtype=pdtype, name="head")(pooled).astype(jnp.float32)
+        return outputs
