@@ -29,6 +29,11 @@ class _ArraySource(grain.sources.RandomAccessDataSource):
         return {k: v[index] for k, v in self.arrays.items()}
 
 
+def _scale_image(example: dict) -> dict:
+    image = (example["image"].astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+    return dict(example, image=image)
+
+
 def _mlm_transform(example: dict, rng: np.random.Generator, *, tokenizer: WordTokenizer, prob: float) -> dict:
     special = np.array([tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id], np.int32)
     ids, targets = mlm_mask(example["text"], rng, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
@@ -50,7 +55,7 @@ def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32,
     arrays: dict[str, np.ndarray] = {}
     keys = shapes.VIEWS[view]
     if "image" in keys:
-        arrays["image"] = ((data["image"].astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD)
+        arrays["image"] = data["image"]  # uint8; scaled per example so large datasets stay small in memory
     if "caption" in keys:
         tokens = tokenizer.encode_batch(list(data["caption"]), max_len)
         arrays["text"], arrays["text_mask"] = tokens["ids"], tokens["mask"]
@@ -65,4 +70,7 @@ def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32,
     prompts = shapes.class_prompts()
     info = dict(name="shapes", tokenizer=tokenizer, max_len=max_len, class_names=list(shapes.CLASS_NAMES),
                 class_prompts=prompts, num_classes=len(shapes.CLASS_NAMES), vocab_size=tokenizer.vocab_size)
-    return DatasetBundle(grain.MapDataset.source(_ArraySource(arrays)), transform, info)
+    examples = grain.MapDataset.source(_ArraySource(arrays))
+    if "image" in arrays:
+        examples = examples.map(_scale_image)
+    return DatasetBundle(examples, transform, info)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from vlfm.models import layers
+from vlfm.models.tower_base import TransformerTower, run_encoder
 from vlfm.models.towers import TOWERS
 
 
@@ -37,33 +38,23 @@ def pool_tokens(tokens: jax.Array, ids: jax.Array, mask: jax.Array | None, how: 
 
 
 @TOWERS.register("text_transformer")
-class TextTransformer(nn.Module):
+class TextTransformer(TransformerTower):
     """Token ids ``[B, L]`` -> ``{"tokens", "pooled"}``; pre-LN, causal by default (CLIP text tower)."""
 
     vocab_size: int = 49408
     max_len: int = 77
     width: int = 512
-    depth: int = 12
     num_heads: int = 8
     mlp_dim: int = 2048
     causal: bool = True
     pool: str = "eos"
     eos_id: int | None = None
     ln_eps: float = 1e-5
-    act: str = "gelu"
-    dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
     init_std: float | None = 0.02
-    scan: bool = True
-    remat: str = "none"
-    attention: str = "xla"
-    collect_hidden: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, ids: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> dict:
-        dtype, pdtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        dtype, pdtype = self.dtypes
         if ids.shape[1] > self.max_len:
             raise ValueError(f"text length {ids.shape[1]} exceeds max_len {self.max_len}")
         x = layers.TokenEmbed(self.vocab_size, self.width, dtype=dtype, param_dtype=pdtype, name="token_embed")(ids)
@@ -72,14 +63,7 @@ class TextTransformer(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
         # A causal model needs no key padding: padding sits after the pooled token.
         kv_lengths = None if (self.causal or mask is None) else mask.sum(-1).astype(jnp.int32)
-        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="pre", ln_eps=self.ln_eps, act=self.act,
-                     dropout_rate=self.dropout_rate, causal=self.causal, implementation=self.attention,
-                     init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
-        out = layers.Encoder(self.depth, block, self.drop_path_rate, self.scan, self.remat, self.collect_hidden,
-                             name="encoder")(x, kv_lengths=kv_lengths, train=train)
-        outputs = {}
-        if self.collect_hidden:
-            out, outputs["hidden"] = out
+        out, outputs = run_encoder(self, x, norm="pre", causal=self.causal, kv_lengths=kv_lengths, train=train)
         out = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")(out)
         outputs["tokens"] = out
         outputs["pooled"] = pool_tokens(out, ids, mask, self.pool, self.eos_id)
@@ -87,7 +71,7 @@ class TextTransformer(nn.Module):
 
 
 @TOWERS.register("bert")
-class Bert(nn.Module):
+class Bert(TransformerTower):
     """BERT encoder (post-LN): ``ids, mask, type_ids`` -> ``{"tokens", "pooled", "mlm_logits"?}``.
 
     ``pooler`` is BERT's tanh(dense(CLS)); ``mlm_head`` adds the transform (dense, GELU, LN) and a
@@ -97,29 +81,18 @@ class Bert(nn.Module):
     vocab_size: int = 30522
     max_len: int = 512
     type_vocab_size: int = 2
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
     ln_eps: float = 1e-12
-    act: str = "gelu"
     dropout_rate: float = 0.1
     attn_dropout_rate: float = 0.1
     init_std: float | None = 0.02
     pooler: bool = True
     mlm_head: bool = False
     tie_mlm_decoder: bool = True
-    scan: bool = True
-    remat: str = "none"
-    attention: str = "xla"
-    collect_hidden: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, ids: jax.Array, mask: jax.Array | None = None, type_ids: jax.Array | None = None, *,
                  train: bool = False) -> dict:
-        dtype, pdtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        dtype, pdtype = self.dtypes
         if ids.shape[1] > self.max_len:
             raise ValueError(f"text length {ids.shape[1]} exceeds max_len {self.max_len}")
         std = self.init_std if self.init_std is not None else 0.02
@@ -138,14 +111,7 @@ class Bert(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
         # Padding is taken as lengths (right padding, as every vlfm tokenizer produces).
         kv_lengths = None if mask is None else mask.sum(-1).astype(jnp.int32)
-        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="post", ln_eps=self.ln_eps, act=self.act,
-                     dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
-                     implementation=self.attention, init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
-        out = layers.Encoder(self.depth, block, 0.0, self.scan, self.remat, self.collect_hidden,
-                             name="encoder")(x, kv_lengths=kv_lengths, train=train)
-        outputs = {}
-        if self.collect_hidden:
-            out, outputs["hidden"] = out
+        out, outputs = run_encoder(self, x, norm="post", kv_lengths=kv_lengths, train=train)
         outputs["tokens"] = out
         outputs["pooled"] = out[:, 0]
         if self.pooler:

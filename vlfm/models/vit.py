@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from vlfm.models import layers
+from vlfm.models.tower_base import TransformerTower, run_encoder
 from vlfm.models.towers import TOWERS
 
 # name -> (width, depth, heads, mlp_dim)
@@ -37,7 +38,7 @@ def variant(name: str) -> dict:
 
 
 @TOWERS.register("vit")
-class VisionTransformer(nn.Module):
+class VisionTransformer(TransformerTower):
     """Images ``[B, H, W, 3]`` -> ``{"tokens", "pooled", "logits"?}``.
 
     ``pool``: ``cls`` (class token), ``gap`` (mean of patch tokens), ``map`` (attention pooling) or
@@ -47,10 +48,6 @@ class VisionTransformer(nn.Module):
 
     image_size: int = 224
     patch_size: int = 16
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
     pos_embedding: str = "learned"
     class_token: bool = True
     pool: str = "cls"
@@ -59,24 +56,10 @@ class VisionTransformer(nn.Module):
     final_norm: bool = True
     pooler: str = "none"
     num_classes: int = 0
-    ln_eps: float = 1e-6
-    act: str = "gelu"
-    qkv_bias: bool = True
-    layer_scale: float | None = None
-    dropout_rate: float = 0.0
-    attn_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    init_std: float | None = None
-    scan: bool = True
-    remat: str = "none"
-    attention: str = "xla"
-    collect_hidden: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict:
-        dtype, pdtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        dtype, pdtype = self.dtypes
         x, (gh, gw) = layers.PatchEmbed(self.patch_size, self.width, use_bias=self.patch_bias, init_std=self.init_std,
                                         dtype=dtype, param_dtype=pdtype, name="patch_embed")(images)
         b = x.shape[0]
@@ -96,15 +79,7 @@ class VisionTransformer(nn.Module):
         if self.pre_norm:
             x = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_pre")(x)
         x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
-        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="pre", ln_eps=self.ln_eps, act=self.act,
-                     qkv_bias=self.qkv_bias, layer_scale=self.layer_scale, dropout_rate=self.dropout_rate,
-                     attn_dropout_rate=self.attn_dropout_rate, implementation=self.attention,
-                     init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
-        out = layers.Encoder(self.depth, block, self.drop_path_rate, self.scan, self.remat, self.collect_hidden,
-                             name="encoder")(x, train=train)
-        outputs = {}
-        if self.collect_hidden:
-            out, outputs["hidden"] = out
+        out, outputs = run_encoder(self, x, norm="pre", train=train)
         outputs["encoded"] = out
         if self.final_norm:
             out = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")(out)

@@ -1,0 +1,56 @@
+"""What every transformer tower shares: its fields and how it runs its layer stack."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from vlfm.models import layers
+
+
+class TransformerTower(nn.Module):
+    """Base of the ViT, text-transformer and BERT towers (subclasses re-declare defaults they change)."""
+
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    ln_eps: float = 1e-6
+    act: str = "gelu"
+    qkv_bias: bool = True
+    layer_scale: float | None = None
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    init_std: float | None = None
+    scan: bool = True
+    remat: str = "none"
+    attention: str = "xla"
+    collect_hidden: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @property
+    def dtypes(self) -> tuple[jnp.dtype, jnp.dtype]:
+        """(compute dtype, parameter dtype)."""
+        return jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+
+
+def run_encoder(tower: TransformerTower, x: jax.Array, *, norm: str, causal: bool = False,
+                kv_lengths: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, dict]:
+    """Runs the tower's layer stack (named ``encoder``) from inside its compact ``__call__``.
+
+    Returns the last layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``.
+    """
+    dtype, pdtype = tower.dtypes
+    block = dict(num_heads=tower.num_heads, mlp_dim=tower.mlp_dim, norm=norm, ln_eps=tower.ln_eps, act=tower.act,
+                 qkv_bias=tower.qkv_bias, layer_scale=tower.layer_scale, dropout_rate=tower.dropout_rate,
+                 attn_dropout_rate=tower.attn_dropout_rate, causal=causal, implementation=tower.attention,
+                 init_std=tower.init_std, dtype=dtype, param_dtype=pdtype)
+    out = layers.Encoder(tower.depth, block, tower.drop_path_rate, tower.scan, tower.remat, tower.collect_hidden,
+                         name="encoder")(x, kv_lengths=kv_lengths, train=train)
+    if tower.collect_hidden:
+        out, hidden = out
+        return out, {"hidden": hidden}
+    return out, {}
