@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
-USAGE = "usage: python -m vlfm.train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value ...]"
+USAGE = ("usage: python -m vlfm.train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value ...] "
+         "[--dry_run]")
 
 
-def parse_args(argv: list[str]) -> tuple[str, str, list[str]]:
-    config, workdir, overrides = None, None, []
+def parse_args(argv: list[str]) -> tuple[str, str, list[str], bool]:
+    config, workdir, overrides, dry_run = None, None, [], False
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -28,6 +29,8 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[str]]:
                     raise SystemExit(f"{name} needs a value\n{USAGE}")
                 value, i = argv[i + 1], i + 1
             overrides.append(f"{name[len('--config.'):]}={value}")
+        elif arg == "--dry_run":
+            dry_run = True
         elif arg in ("-h", "--help"):
             print(USAGE)
             raise SystemExit(0)
@@ -36,14 +39,18 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[str]]:
         i += 1
     if not config or not workdir:
         raise SystemExit(USAGE)
-    return config, workdir, overrides
+    return config, workdir, overrides, dry_run
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config_spec, workdir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    config_spec, workdir, overrides, dry_run = parse_args(sys.argv[1:] if argv is None else argv)
+    from vlfm.train import distributed
+
+    distributed.initialize()  # before any other JAX call; a no-op for single-process runs
+    from vlfm.train.aot import WillNotFitError
     from vlfm.train.config import ConfigError, load_config
     from vlfm.train.trainer import NonFiniteLossError, train
 
@@ -54,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.getLogger("vlfm").info("config:\n%s", config)
     try:
-        train(config, workdir)
+        train(config, workdir, dry_run=dry_run)
+    except WillNotFitError as e:
+        logging.getLogger("vlfm").error("%s", e)
+        return 4
     except NonFiniteLossError as e:
         logging.getLogger("vlfm").error("%s", e)
         return 3

@@ -42,6 +42,7 @@ def base_config() -> ConfigDict:
     c.async_checkpoints = True
     c.export_params = True
     c.peak_tflops = ml_collections.config_dict.placeholder(float)
+    c.profile_steps = ""  # "a,b": write a jax.profiler trace of steps a..b-1 into workdir/profile
     return c
 
 

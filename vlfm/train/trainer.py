@@ -6,6 +6,7 @@ losses, data, evaluators), never in a copy of this loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,15 +22,17 @@ import numpy as np
 import optax
 
 from vlfm.data import build_dataset, to_global, train_iterator
+from vlfm.data.pipeline import numeric_only
 from vlfm.evaluators import EVALUATORS
 from vlfm.losses import combined_loss
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer, ema_update
+from vlfm.train import aot
 from vlfm.train import flops as flops_lib
 from vlfm.train.checkpoint import Checkpointer, export_params
 from vlfm.train.config import check_keys
 from vlfm.train.metrics_writer import MetricWriter, format_duration
-from vlfm.train.sharding import data_parallel_size, make_mesh, rules_from_config
+from vlfm.train.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
 from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
 
 log = logging.getLogger("vlfm")
@@ -133,8 +136,12 @@ def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) in ``workdir``; returns the last logged and evaluated metrics."""
+def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict[str, float]:
+    """Trains (or resumes) in ``workdir``; returns the last logged and evaluated metrics.
+
+    With ``dry_run`` it only compiles the step ahead of time for the configured mesh and returns the
+    per-device memory and FLOPs (raising ``WillNotFitError`` when it cannot fit).
+    """
     check_keys(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(config.mesh.shape)
@@ -173,6 +180,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         train_step = jax.jit(step_fn, in_shardings=(shardings, None), out_shardings=(shardings, metric_sharding),
                              donate_argnums=0)
+        if dry_run:
+            batch_abstract = {k: jax.ShapeDtypeStruct((global_batch, *np.shape(v)), np.asarray(v).dtype,
+                                                      sharding=batch_sharding(mesh, 1 + np.ndim(v)))
+                              for k, v in numeric_only(example).items()}
+            report = aot.compile_report(train_step, abstract, batch_abstract)
+            report["num_params"] = float(n_params)
+            report["model_flops_per_step"] = global_batch * flops_lib.train_flops_per_example(
+                config.model, text_len=bundle.info.get("max_len"), global_batch=global_batch)
+            log.info("dry run (per device): %s", ", ".join(
+                f"{k}={v / 2**30:.3f} GiB" if k.endswith("bytes") else f"{k}={v:.4g}" for k, v in report.items()))
+            writer.close()
+            return report
         evaluators = build_evaluators(config, make_predict_fns(model))
 
         text_len = bundle.info.get("max_len")
@@ -186,8 +205,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                  config.model.name, f"{n_params:,}", step_flops, peak, peak_source, dict(mesh.shape))
         results: dict[str, float] = {"num_params": float(n_params)}
         try:
-            state, final_step = _loop(config, state, data_it, mesh, train_step, evaluators, checkpointer, writer,
-                                      results, start_step, step_flops, peak, global_batch)
+            loop = _Loop(config, workdir, mesh, train_step, data_it, evaluators, checkpointer, writer, step_flops,
+                         peak, global_batch)
+            state, final_step = loop.run(state, start_step, results)
             if config.export_params and final_step == config.total_steps:
                 export_params(state["params"], os.path.join(workdir, "params"))
         finally:
@@ -196,50 +216,89 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return results
 
 
-def _loop(config, state, data_it, mesh, train_step, evaluators, checkpointer, writer, results, start_step,
-          step_flops, peak, global_batch):
-    """Steps until ``total_steps`` or a preemption; returns the final state and step."""
-    last_time, last_step, pending = None, start_step, None
-    total = config.total_steps
-    for step in range(start_step, total):
-        batch = to_global(next(data_it), mesh)
-        state, metrics = train_step(state, batch)
-        done = step + 1
-        # Check the previous step's flag (already computed) so the device keeps one step queued.
-        if pending is not None:
-            _check_finite(*pending, checkpointer)
-        pending = (done, metrics["finite"])
-        if last_time is None:  # the first step includes compilation: time from its end
-            jax.block_until_ready(metrics)
-            log.info("first step (compile + run) done")
-            last_time, last_step = time.perf_counter(), done
-        if done % config.log_every == 0 or done == total:
-            _check_finite(*pending, checkpointer)
-            host = jax.device_get(metrics)
-            now = time.perf_counter()
-            if done > last_step:
-                step_time = (now - last_time) / (done - last_step)
-                per_device = step_flops / step_time / jax.device_count()
-                host.update(step_time=step_time, examples_per_second=global_batch / step_time,
-                            tflops_per_device=per_device / 1e12, mfu=per_device / peak)
-                last_time, last_step = now, done
-            results.update(writer.write(done, {f"train/{k}": v for k, v in host.items()}))
-            _log_line(done, total, host)
-        eval_params = state["ema_params" if config.eval_with_ema else "params"]
-        eval_metrics = run_evaluators(evaluators, eval_params, done, total)
-        if eval_metrics:
-            results.update(writer.write(done, eval_metrics))
-            log.info("step %d eval: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
-            last_time, last_step = time.perf_counter(), done  # evaluation time is not step time
-        if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
-            _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
-        checkpointer.save(done, state, data_iterator=data_it, meta={"step": done}, force=done == total)
-        if checkpointer.should_stop(done):
-            log.warning("preemption signal received: saved step %d and stopping", done)
-            break
-    final_step = int(jax.device_get(state["step"]))
-    results["final_step"] = float(final_step)
-    return state, final_step
+@dataclasses.dataclass
+class _Loop:
+    """Everything the step loop touches, built once by ``train``."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    train_step: Callable
+    data_it: Any
+    evaluators: dict
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    step_flops: float
+    peak: float
+    global_batch: int
+
+    def run(self, state: dict, start_step: int, results: dict) -> tuple[dict, int]:
+        """Steps until ``total_steps`` or a preemption; returns the final state and step."""
+        config, data_it, mesh, train_step = self.config, self.data_it, self.mesh, self.train_step
+        evaluators, checkpointer, writer = self.evaluators, self.checkpointer, self.writer
+        step_flops, peak, global_batch = self.step_flops, self.peak, self.global_batch
+        last_time, last_step, pending = None, start_step, None
+        total = config.total_steps
+        profile = _profile_window(config.profile_steps)
+        # Several CPU devices per process with cross-process collectives deadlock when steps are queued
+        # asynchronously; block on each step there. Accelerators stay asynchronous.
+        block_each_step = jax.process_count() > 1 and jax.default_backend() == "cpu"
+        for step in range(start_step, total):
+            if profile and step == profile[0]:
+                jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+            batch = to_global(next(data_it), mesh)
+            state, metrics = train_step(state, batch)
+            done = step + 1
+            if block_each_step:
+                jax.block_until_ready(metrics)
+            if profile and done == profile[1]:
+                jax.block_until_ready(metrics)
+                jax.profiler.stop_trace()
+            # Check the previous step's flag (already computed) so the device keeps one step queued.
+            if pending is not None:
+                _check_finite(*pending, checkpointer)
+            pending = (done, metrics["finite"])
+            if last_time is None:  # the first step includes compilation: time from its end
+                jax.block_until_ready(metrics)
+                log.info("first step (compile + run) done")
+                last_time, last_step = time.perf_counter(), done
+            if done % config.log_every == 0 or done == total:
+                _check_finite(*pending, checkpointer)
+                host = jax.device_get(metrics)
+                now = time.perf_counter()
+                if done > last_step:
+                    step_time = (now - last_time) / (done - last_step)
+                    per_device = step_flops / step_time / jax.device_count()
+                    host.update(step_time=step_time, examples_per_second=global_batch / step_time,
+                                tflops_per_device=per_device / 1e12, mfu=per_device / peak)
+                    last_time, last_step = now, done
+                results.update(writer.write(done, {f"train/{k}": v for k, v in host.items()}))
+                _log_line(done, total, host)
+            eval_params = state["ema_params" if config.eval_with_ema else "params"]
+            eval_metrics = run_evaluators(evaluators, eval_params, done, total)
+            if eval_metrics:
+                results.update(writer.write(done, eval_metrics))
+                log.info("step %d eval: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+                last_time, last_step = time.perf_counter(), done  # evaluation time is not step time
+            if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
+                _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
+            checkpointer.save(done, state, data_iterator=data_it, meta={"step": done}, force=done == total)
+            if checkpointer.should_stop(done):
+                log.warning("preemption signal received: saved step %d and stopping", done)
+                break
+        final_step = int(jax.device_get(state["step"]))
+        results["final_step"] = float(final_step)
+        return state, final_step
+
+
+def _profile_window(spec: str) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        first, last = (int(x) for x in str(spec).split(","))
+    except ValueError:
+        raise ValueError(f"profile_steps must be 'first,last', got {spec!r}") from None
+    return first, last
 
 
 def _check_finite(step: int, finite: jax.Array, checkpointer: Checkpointer) -> None:
