@@ -19,16 +19,19 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 
 from vlfm.data import build_dataset
 from vlfm.losses import combined_loss
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
+from vlfm.optim.combine import sum_gradients
 from vlfm.train import flops as flops_lib
 from vlfm.train.config import load_config
 from vlfm.train.sharding import make_mesh, rules_from_config, to_global_batch
 from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
-from vlfm.train.trainer import make_train_step
+from vlfm.train.step import make_train_step
+from vlfm.train.tasks import Task
 
 
 def synthetic_batch(example: dict, batch_size: int, seed: int = 0) -> dict:
@@ -56,27 +59,31 @@ def main(argv: list[str]) -> None:
     data_cfg = dict(config.data)
     if data_cfg.get("name") == "shapes":
         data_cfg["num_examples"] = 4  # shapes only; the values are replaced by random data
-    example = build_dataset(data_cfg, "train").examples[0]
+    bundle = build_dataset(data_cfg, "train")
+    example = bundle.examples[0]
     mesh = make_mesh(config.mesh.shape)
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
     tx, schedule = build_optimizer(config.optimizer, config.total_steps)
     batch_size = int(config.data.batch_size)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        init = state_initializer(model, tx, init_batch(example, 1), ema=config.ema_decay is not None)
+        init = state_initializer(model, optax.chain(sum_gradients(), tx), init_batch(example, 1),
+                                 ema=config.ema_decay is not None)
         state, shardings, _ = sharded_init(init, jax.random.key(0), mesh, rules)
-        step_fn = make_train_step(model, combined_loss(config.losses), tx, schedule, seed=0,
+        task = Task("main", bundle, batch_size, combined_loss(config.losses))
+        step_fn = make_train_step(model, [task], optax.chain(sum_gradients(), tx), schedule, seed=0,
                                   accum_steps=int(config.grad_accum_steps), ema_decay=config.ema_decay)
-        step = jax.jit(step_fn, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
-        batch = to_global_batch(synthetic_batch(example, batch_size), mesh)
+        step = jax.jit(step_fn, in_shardings=(shardings, None, None), out_shardings=(shardings, None),
+                       donate_argnums=0)
+        batch = {task.name: to_global_batch(synthetic_batch(example, batch_size), mesh)}
         compile_start = time.perf_counter()
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, {})
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - compile_start
         times = []
         for i in range(args.warmup + args.steps):
             start = time.perf_counter()
-            state, metrics = step(state, batch)
+            state, metrics = step(state, batch, {})
             jax.block_until_ready(metrics)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)

@@ -67,16 +67,20 @@ def test_ema_update():
 def test_train_step_tracks_ema():
     from vlfm.losses import combined_loss
     from vlfm.models import build_model
-    from vlfm.train.trainer import make_train_step
+    from vlfm.optim.combine import sum_gradients
+    from vlfm.train.step import make_train_step
+    from vlfm.train.tasks import Task
     model = build_model(dict(name="image_classifier", image=dict(name="vit", image_size=8, patch_size=4, width=8,
                                                                  depth=1, num_heads=2, mlp_dim=16, num_classes=3)))
     batch = {"image": np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32),
              "label": np.array([0, 1, 2, 0])}
     params = model.init(jax.random.key(0), batch)["params"]
     tx, schedule = build_optimizer(dict(name="sgd", lr=dict(name="constant", peak=0.5)), 10)
+    tx = optax.chain(sum_gradients(), tx)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
              "ema_params": jax.tree.map(jnp.copy, params)}
-    step = jax.jit(make_train_step(model, combined_loss({"softmax_xent": {}}), tx, schedule, seed=0, ema_decay=0.9))
-    new, _ = step(state, batch)
+    task = Task("main", None, 4, combined_loss({"softmax_xent": {}}))
+    step = jax.jit(make_train_step(model, [task], tx, schedule, seed=0, ema_decay=0.9))
+    new, _ = step(state, {"main": batch}, {})
     for p0, p1, e1 in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"]), jax.tree.leaves(new["ema_params"])):
         np.testing.assert_allclose(e1, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-7)

@@ -3,6 +3,7 @@ import functools
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 
 from vlfm.losses import combined_loss
@@ -10,7 +11,9 @@ from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.train.sharding import make_mesh, resolve_mesh_shape, rules_from_config, to_global_batch
 from vlfm.train.state import init_batch, sharded_init, state_initializer
-from vlfm.train.trainer import make_train_step
+from vlfm.optim.combine import sum_gradients
+from vlfm.train.step import make_train_step
+from vlfm.train.tasks import Task
 
 MODEL = dict(name="dual_encoder", embed_dim=16,
              image=dict(name="vit", image_size=16, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64,
@@ -37,15 +40,16 @@ def _run(mesh, steps=2, accum=1, optimizer="sgd", model_cfg=MODEL, loss="softmax
     model = build_model(model_cfg)
     tx, schedule = build_optimizer(dict(name=optimizer, lr=dict(name="constant", peak=0.1), weight_decay=0.1,
                                         clip_norm=1.0), 10)
-    loss_fn = combined_loss({loss: {}})
+    tx = optax.chain(sum_gradients(), tx)
+    task = Task("main", None, 16, combined_loss({loss: {}}))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         init = state_initializer(model, tx, init_batch({k: v[0] for k, v in _batch().items()}, 1))
         state, shardings, _ = sharded_init(init, jax.random.key(0), mesh, rules)
-        step = jax.jit(make_train_step(model, loss_fn, tx, schedule, seed=0, accum_steps=accum),
-                       in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+        step = jax.jit(make_train_step(model, [task], tx, schedule, seed=0, accum_steps=accum, prefix_metrics=False),
+                       in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
         losses = []
         for i in range(steps):
-            state, metrics = step(state, to_global_batch(_batch(seed=i), mesh))
+            state, metrics = step(state, {"main": to_global_batch(_batch(seed=i), mesh)}, {})
             losses.append(float(metrics["loss"]))
         return state, losses
 
@@ -70,7 +74,7 @@ def test_parameters_and_optimizer_state_are_really_sharded():
     assert q.shape == (2, 32, 4, 8)
     assert q.sharding.spec[1:3] == ("fsdp", "tensor")
     assert {s.data.shape for s in q.addressable_shards} == {(2, 16, 2, 8)}
-    mu = state["opt_state"][1][0].mu["image_tower"]["encoder"]["layers"]["attn"]["query"]["kernel"]
+    mu = state["opt_state"][1][1][0].mu["image_tower"]["encoder"]["layers"]["attn"]["query"]["kernel"]
     assert mu.sharding == q.sharding
     fc1 = state["params"]["text_tower"]["encoder"]["layers"]["mlp"]["fc1"]["kernel"]  # [layers, embed, mlp]
     assert {s.data.shape for s in fc1.addressable_shards} == {(2, 16, 32)}

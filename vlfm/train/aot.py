@@ -11,13 +11,13 @@ class WillNotFitError(RuntimeError):
     """The compiled step needs more device memory than the device has."""
 
 
-def compile_report(jitted_step: Any, state_abstract: Any, batch_abstract: Any) -> dict[str, float]:
+def compile_report(jitted_step: Any, *abstract_args: Any) -> dict[str, float]:
     """Lowers and compiles ``jitted_step`` for abstract inputs; returns per-device bytes and FLOPs.
 
     Raises ``WillNotFitError`` with the figures when the step needs more memory than the device
     reports as its limit.
     """
-    compiled = jitted_step.lower(state_abstract, batch_abstract).compile()
+    compiled = jitted_step.lower(*abstract_args).compile()
     report: dict[str, float] = {}
     memory = compiled.memory_analysis()
     if memory is not None:

@@ -31,6 +31,11 @@ def base_config() -> ConfigDict:
     c.eval_with_ema = False
     c.model = ConfigDict()
     c.losses = ConfigDict()
+    # Several objectives / data streams (vlfm.train.tasks); empty = one task from `data` and `losses`.
+    c.tasks = ConfigDict()
+    c.schedule = "round_robin"  # round_robin, uniform, weighted, accumulate, stages
+    c.gradient_combiner = ConfigDict(dict(name="sum"))  # or gradient_masking (vlfm.optim.combine)
+    c.teachers = ConfigDict()  # name -> config/model + params/hf (vlfm.train.teachers)
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,
                                   clip_norm=1.0))

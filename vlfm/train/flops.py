@@ -67,9 +67,12 @@ def tower_flops(cfg: Mapping[str, Any], text_len: int | None = None) -> tuple[fl
 
 
 def model_flops_per_example(model_cfg: Mapping[str, Any], *, text_len: int | None = None,
-                            global_batch: int = 1) -> float:
-    """Forward FLOPs per example of a top-level model config."""
+                            global_batch: int = 1, inputs: tuple[str, ...] = ()) -> float:
+    """Forward FLOPs per example of a top-level model config (``inputs``: the batch's keys, for
+    models whose cost depends on which modalities a batch carries)."""
     name = model_cfg["name"]
+    if name in MODEL_FLOPS:
+        return MODEL_FLOPS[name](model_cfg, text_len=text_len, inputs=inputs)
     if name == "dual_encoder":
         e = model_cfg.get("embed_dim", 512)
         fi, wi = tower_flops(model_cfg["image"])
@@ -80,6 +83,10 @@ def model_flops_per_example(model_cfg: Mapping[str, Any], *, text_len: int | Non
     if name == "text_encoder":
         return tower_flops(model_cfg["text"], text_len)[0]
     raise KeyError(f"no FLOP count for model {name!r}")
+
+
+# Counters registered by model families defined outside this file: name -> fn(cfg, text_len, inputs).
+MODEL_FLOPS: dict[str, Any] = {}
 
 
 def train_flops_per_example(model_cfg: Mapping[str, Any], **kwargs: Any) -> float:

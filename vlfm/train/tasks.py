@@ -1,0 +1,145 @@
+"""Tasks and task schedules: several objectives and data streams trained into one model.
+
+A task bundles a data stream, its losses (with weights), the teachers its losses read, a learning-
+rate multiplier and the parameters it freezes. The schedule decides which tasks run at each step:
+
+- ``round_robin``: task ``step % n`` (FLAVA-style alternation);
+- ``uniform``: a seeded uniform draw per step;
+- ``weighted``: PolyViT's rule: each task appears ``steps`` times (its single-task budget) in one
+  seeded permutation, walked step by step, so the proportions are exact;
+- ``accumulate``: every task every step; their gradients go to the optimizer's combiner (summed, or
+  UFO gradient masking) as one update;
+- ``stages``: task by task, each for its ``steps`` (VLMo's image -> text -> image-text stages),
+  each stage with its own freezing.
+
+Schedules are pure functions of the step, so a resumed run picks the same tasks as an uninterrupted
+one without any saved schedule state. Task data iterators are saved together (``TaskIterators``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+
+from vlfm.data.pipeline import DatasetBundle, build_dataset, train_iterator
+from vlfm.losses import combined_loss
+
+SCHEDULES = ("round_robin", "uniform", "weighted", "accumulate", "stages")
+TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps")
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    bundle: DatasetBundle
+    batch_size: int
+    loss_fn: Callable
+    weight: float = 1.0
+    lr_multiplier: float = 1.0
+    freeze: tuple[str, ...] = ()
+    teachers: tuple[str, ...] = ()
+    steps: int = 0
+    data_cfg: dict = dataclasses.field(default_factory=dict)
+
+
+def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:
+    """``config.tasks`` (name -> task config), or one implicit task from ``config.data`` / ``config.losses``."""
+    if not config.get("tasks"):
+        data = dict(config.data)
+        return [Task("main", build_dataset(data, data.get("train_split", "train")), int(data["batch_size"]),
+                     combined_loss(config.losses), data_cfg=data)]
+    tasks = []
+    for name, cfg in config.tasks.items():
+        cfg = dict(cfg)
+        unknown = sorted(set(cfg) - set(TASK_KEYS))
+        if unknown:
+            raise KeyError(f"task {name!r} has unknown keys {unknown}; valid keys: {', '.join(TASK_KEYS)}")
+        if "data" not in cfg or "losses" not in cfg:
+            raise KeyError(f"task {name!r} needs 'data' and 'losses'")
+        data = dict(cfg["data"])
+        if "batch_size" not in data:
+            raise KeyError(f"task {name!r}: data needs a batch_size")
+        tasks.append(Task(
+            name=name, bundle=build_dataset(data, data.get("train_split", "train")), batch_size=int(data["batch_size"]),
+            loss_fn=combined_loss(cfg["losses"]), weight=float(cfg.get("weight", 1.0)),
+            lr_multiplier=float(cfg.get("lr_multiplier", 1.0)), freeze=tuple(cfg.get("freeze", ())),
+            teachers=tuple(cfg.get("teachers", ())), steps=int(cfg.get("steps", 0)), data_cfg=data))
+    return tasks
+
+
+class TaskSchedule:
+    """Which task names run at each step; a pure function of (step, seed)."""
+
+    def __init__(self, name: str, tasks: Sequence[Task], seed: int = 0):
+        if name not in SCHEDULES:
+            raise KeyError(f"unknown task schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+        self.name, self.names, self.seed = name, [t.name for t in tasks], seed
+        budgets = [t.steps for t in tasks]
+        if name in ("weighted", "stages") and len(tasks) > 1 and min(budgets) <= 0:
+            raise ValueError(f"schedule {name!r} needs steps > 0 for every task; got {dict(zip(self.names, budgets))}")
+        if name == "weighted":
+            order = np.repeat(np.arange(len(tasks)), budgets)
+            self._order = np.random.default_rng(seed).permutation(order)
+        if name == "stages":
+            self._ends = np.cumsum(budgets)
+
+    def tasks_at(self, step: int) -> tuple[str, ...]:
+        n = len(self.names)
+        if n == 1 or self.name == "accumulate":
+            return tuple(self.names)
+        if self.name == "round_robin":
+            return (self.names[step % n],)
+        if self.name == "uniform":
+            return (self.names[int(np.random.default_rng([self.seed, step]).integers(n))],)
+        if self.name == "weighted":
+            return (self.names[int(self._order[step % len(self._order)])],)
+        stage = int(np.searchsorted(self._ends, step, side="right"))
+        return (self.names[min(stage, n - 1)],)
+
+    def step_kinds(self) -> list[tuple[str, ...]]:
+        """Every distinct set of tasks a step can run (one compiled step function each)."""
+        if len(self.names) == 1 or self.name == "accumulate":
+            return [tuple(self.names)]
+        return [(n,) for n in self.names]
+
+
+class TaskIterators:
+    """The data iterators of all tasks, checkpointed as one item (a JSON dict of their states)."""
+
+    def __init__(self, iterators: Mapping[str, Any]):
+        self.iterators = dict(iterators)
+
+    def next(self, name: str) -> Any:
+        return next(self.iterators[name])
+
+    def get_state(self) -> bytes:
+        states = {}
+        for name, it in self.iterators.items():
+            state = it.get_state()
+            states[name] = state.decode() if isinstance(state, bytes) else state
+        return json.dumps(states).encode()
+
+    def set_state(self, state: bytes) -> None:
+        states = json.loads(state.decode() if isinstance(state, bytes) else state)
+        missing = set(self.iterators) - set(states)
+        if missing:
+            raise ValueError(f"checkpoint has no data state for tasks {sorted(missing)}")
+        for name, it in self.iterators.items():
+            it.set_state(states[name])
+
+    def start_prefetch(self) -> None:
+        for it in self.iterators.values():
+            if hasattr(it, "start_prefetch"):
+                it.start_prefetch()
+
+
+def build_iterators(tasks: Sequence[Task], seed: int, num_workers: int = 0) -> TaskIterators:
+    """One seeded, host-sharded iterator per task (different seeds per task)."""
+    return TaskIterators({t.name: train_iterator(t.bundle, global_batch_size=t.batch_size, seed=seed + 1000 * i,
+                                                 num_workers=num_workers)
+                          for i, t in enumerate(tasks)})

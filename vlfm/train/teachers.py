@@ -1,0 +1,87 @@
+"""Frozen teacher models for knowledge distillation, restored and sharded like the student.
+
+``config.teachers`` maps a name to either ``config`` (a vlfm config file whose ``model`` is the
+teacher) or ``model`` (a model config), plus ``params`` (a params export, e.g. ``workdir/params``
+of the run that trained it), or ``hf`` (an HF checkpoint directory, converted on load). Teachers
+run inside the jitted step under ``stop_gradient``; their parameters are arguments of the step,
+never captured constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vlfm.models import build_model
+from vlfm.train.checkpoint import load_params
+from vlfm.train.state import strip_boxes
+
+TEACHER_KEYS = ("config", "model", "params", "hf")
+
+
+@dataclasses.dataclass
+class Teacher:
+    name: str
+    model: nn.Module
+    params: Any
+
+
+def _teacher_model_cfg(name: str, cfg: Mapping[str, Any]) -> dict:
+    if "model" in cfg:
+        return dict(cfg["model"])
+    if "config" in cfg:
+        from vlfm.train.config import load_config_file
+
+        return load_config_file(cfg["config"]).model.to_dict()
+    raise KeyError(f"teacher {name!r} needs 'config' (a config file) or 'model' (a model config)")
+
+
+def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch: Mapping[str, np.ndarray], mesh,
+                   rules) -> dict[str, Teacher]:
+    """Builds each teacher and loads its parameters directly into their sharded layout."""
+    teachers = {}
+    for name, cfg in (teachers_cfg or {}).items():
+        cfg = dict(cfg)
+        unknown = sorted(set(cfg) - set(TEACHER_KEYS))
+        if unknown:
+            raise KeyError(f"teacher {name!r} has unknown keys {unknown}; valid keys: {', '.join(TEACHER_KEYS)}")
+        if "hf" in cfg:
+            from vlfm.convert.hf import load_hf
+
+            model_cfg, host_params = load_hf(cfg["hf"])
+            model = build_model(model_cfg)
+        else:
+            model = build_model(_teacher_model_cfg(name, cfg))
+            host_params = None
+        boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dict(example_batch)))["params"]
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                strip_boxes(boxed), shardings)
+        if host_params is not None:
+            params = jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), host_params, abstract)
+        else:
+            if "params" not in cfg:
+                raise KeyError(f"teacher {name!r} needs 'params' (a params export directory) or 'hf'")
+            if not os.path.isdir(cfg["params"]):
+                raise FileNotFoundError(f"teacher {name!r}: no params export at {cfg['params']!r} "
+                                        "(train the teacher first; its run writes WORKDIR/params)")
+            params = load_params(cfg["params"], abstract)
+        teachers[name] = Teacher(name, model, params)
+    return teachers
+
+
+def teacher_outputs(teachers: Mapping[str, Teacher], names, params: Mapping[str, Any], batch: dict) -> dict:
+    """``{"teacher/<name>": outputs}`` for the named teachers, without gradients."""
+    out = {}
+    for name in names:
+        if name not in teachers:
+            raise KeyError(f"unknown teacher {name!r}; configured teachers: {', '.join(sorted(teachers)) or '(none)'}")
+        o = teachers[name].model.apply({"params": params[name]}, batch, train=False)
+        out[f"teacher/{name}"] = jax.lax.stop_gradient(o)
+    return out
