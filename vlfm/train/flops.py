@@ -71,8 +71,11 @@ def model_flops_per_example(model_cfg: Mapping[str, Any], *, text_len: int | Non
     """Forward FLOPs per example of a top-level model config (``inputs``: the batch's keys, for
     models whose cost depends on which modalities a batch carries)."""
     name = model_cfg["name"]
-    if name in MODEL_FLOPS:
-        return MODEL_FLOPS[name](model_cfg, text_len=text_len, inputs=inputs)
+    from vlfm.models import MODELS
+
+    counter = getattr(MODELS.get(name), "flops_per_example", None) if name in MODELS else None
+    if counter is not None:  # model families outside this file count their own FLOPs
+        return counter(model_cfg, text_len=text_len, inputs=inputs)
     if name == "dual_encoder":
         e = model_cfg.get("embed_dim", 512)
         fi, wi = tower_flops(model_cfg["image"])
@@ -83,10 +86,6 @@ def model_flops_per_example(model_cfg: Mapping[str, Any], *, text_len: int | Non
     if name == "text_encoder":
         return tower_flops(model_cfg["text"], text_len)[0]
     raise KeyError(f"no FLOP count for model {name!r}")
-
-
-# Counters registered by model families defined outside this file: name -> fn(cfg, text_len, inputs).
-MODEL_FLOPS: dict[str, Any] = {}
 
 
 def train_flops_per_example(model_cfg: Mapping[str, Any], **kwargs: Any) -> float:
