@@ -1,5 +1,6 @@
 """Gradient combiners, freezing, layer-wise decay, schedules and distillation losses on small cases."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,3 +232,74 @@ def test_gradient_mask_survives_checkpoint_and_resume(tmp_path):
     out_a, _ = tx.update(grads, state["opt_state"], state["params"])
     out_b, _ = tx.update(grads, restored["opt_state"], restored["params"])
     np.testing.assert_array_equal(np.asarray(out_a["encoder"]["kernel"]), np.asarray(out_b["encoder"]["kernel"]))
+
+
+def _two_task_setup(**task_kwargs):
+    from vlfm.losses import combined_loss
+    from vlfm.models import build_model
+    from vlfm.train.tasks import Task
+
+    model = build_model(dict(name="ufo", width=16, depth=1, num_heads=2, mlp_dim=32, image_size=8, patch_size=4,
+                             num_classes=3, vocab_size=11, max_len=6))
+    rng = np.random.default_rng(0)
+    image = {"image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32), "label": np.array([0, 1, 2, 0])}
+    text = {"text": rng.integers(5, 11, (4, 6)).astype(np.int32), "text_mask": np.ones((4, 6), np.int32),
+            "mlm_targets": np.where(rng.random((4, 6)) < 0.5, rng.integers(5, 11, (4, 6)), -1).astype(np.int32)}
+    params = flax.linen.meta.unbox(model.init(jax.random.key(0), {**image, **text})["params"])
+    tasks = {"image": Task("image", None, 4, combined_loss({"softmax_xent": {}}), **task_kwargs.get("image", {})),
+             "text": Task("text", None, 4, combined_loss({"masked_xent": {}}), **task_kwargs.get("text", {}))}
+    return model, params, tasks, {"image": image, "text": text}
+
+
+def _state(params, tx):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def test_switching_tasks_does_not_recompile():
+    from vlfm.train.step import make_train_step
+
+    model, params, tasks, batches = _two_task_setup()
+    tx = optax.chain(sum_gradients(), optax.sgd(0.1))
+    fns = {n: jax.jit(make_train_step(model, [t], tx, lambda s: 0.1, seed=0)) for n, t in tasks.items()}
+    state = _state(params, tx)
+    for step in range(6):
+        name = ("image", "text")[step % 2]
+        state, metrics = fns[name](state, {name: batches[name]}, {})
+        assert f"{name}/task_loss" in metrics
+    assert fns["image"]._cache_size() == 1 and fns["text"]._cache_size() == 1
+
+
+def test_task_freezing_and_lr_multiplier_in_the_step():
+    from vlfm.train.step import make_train_step
+
+    model, params, tasks, batches = _two_task_setup(image={"freeze": (r"encoder/.*",), "lr_multiplier": 3.0})
+    tx = optax.chain(sum_gradients(), optax.sgd(0.1))
+    step = jax.jit(make_train_step(model, [tasks["image"]], tx, lambda s: 0.1, seed=0))
+    new, metrics = step(_state(params, tx), {"image": batches["image"]}, {})
+    for a, b in zip(jax.tree.leaves(params["encoder"]), jax.tree.leaves(new["params"]["encoder"])):
+        np.testing.assert_array_equal(a, b)  # frozen
+    plain_task = type(tasks["image"])("image", None, 4, tasks["image"].loss_fn)
+    plain = jax.jit(make_train_step(model, [plain_task], tx, lambda s: 0.1, seed=0))
+    ref, _ = plain(_state(params, tx), {"image": batches["image"]}, {})
+    delta = new["params"]["image_head"]["kernel"] - params["image_head"]["kernel"]
+    ref_delta = ref["params"]["image_head"]["kernel"] - params["image_head"]["kernel"]
+    np.testing.assert_allclose(delta, 3.0 * ref_delta, rtol=1e-5, atol=1e-8)
+    assert float(metrics["learning_rate"]) == pytest.approx(0.3)
+
+
+def test_accumulate_step_equals_sum_of_task_gradients():
+    from vlfm.train.step import make_train_step
+
+    model, params, tasks, batches = _two_task_setup()
+    tx = optax.chain(sum_gradients(), optax.sgd(1.0))
+    both = jax.jit(make_train_step(model, [tasks["image"], tasks["text"]], tx, lambda s: 1.0, seed=0))
+    new, metrics = both(_state(params, tx), batches, {})
+    expected = jax.tree.map(jnp.zeros_like, params)
+    for name in ("image", "text"):
+        def loss(p, name=name):
+            out = model.apply({"params": p}, batches[name], train=True, rngs={"dropout": jax.random.key(0)})
+            return tasks[name].loss_fn(out, batches[name])[0]
+        expected = jax.tree.map(jnp.add, expected, jax.grad(loss)(params))
+    for p0, p1, g in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(p0 - p1, g, rtol=1e-4, atol=1e-6)
+    assert {"image/task_loss", "text/task_loss", "loss"} <= set(metrics)
