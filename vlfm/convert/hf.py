@@ -37,6 +37,7 @@ import numpy as np
 import safetensors.numpy
 
 from vlfm.models import TOWERS, build_model
+from vlfm.train.state import strip_boxes
 
 __all__ = ["load_hf", "save_hf", "hf_to_vlfm_config", "vlfm_to_hf_config"]
 
@@ -476,7 +477,7 @@ def _abstract_params(model_config: Mapping[str, Any]) -> dict[str, tuple[int, ..
             cfg[tower] = dict(cfg[tower], scan=False)
     model = build_model(cfg)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _dummy_batch(cfg)))
-    params = nn.meta.unbox(variables["params"])
+    params = strip_boxes(variables["params"])  # no sharding constraints: this may run under a mesh
     return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
 
 
@@ -603,7 +604,7 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
     model_config = _plain(model_config)
     kind = _checkpoint_kind(model_config)
     hf_config = vlfm_to_hf_config(model_config)
-    params = nn.meta.unbox(params)
+    params = strip_boxes(params)
     flat = {k: np.asarray(v, np.float32)
             for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/").items()}
     flat = _unstack_layers(flat)

@@ -2,7 +2,8 @@
 
 ``config.teachers`` maps a name to either ``config`` (a vlfm config file whose ``model`` is the
 teacher) or ``model`` (a model config), plus ``params`` (a params export, e.g. ``workdir/params``
-of the run that trained it), or ``hf`` (an HF checkpoint directory, converted on load). Teachers
+of the run that trained it) or ``checkpoint`` (a training run's ``workdir/checkpoints``: its latest
+step); or to ``hf`` alone (an HF checkpoint directory, converted on load). Teachers
 run inside the jitted step under ``stop_gradient``; their parameters are arguments of the step,
 never captured constants.
 """
@@ -19,10 +20,10 @@ import jax
 import numpy as np
 
 from vlfm.models import build_model
-from vlfm.train.checkpoint import load_params
+from vlfm.train.checkpoint import load_params, load_params_from_checkpoint
 from vlfm.train.state import strip_boxes
 
-TEACHER_KEYS = ("config", "model", "params", "hf")
+TEACHER_KEYS = ("config", "model", "params", "checkpoint", "hf")
 
 
 @dataclasses.dataclass
@@ -65,9 +66,13 @@ def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch:
                                 strip_boxes(boxed), shardings)
         if host_params is not None:
             params = jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), host_params, abstract)
+        elif "checkpoint" in cfg:
+            if not os.path.isdir(cfg["checkpoint"]):
+                raise FileNotFoundError(f"teacher {name!r}: no checkpoint directory {cfg['checkpoint']!r}")
+            params = load_params_from_checkpoint(cfg["checkpoint"], abstract)
         else:
             if "params" not in cfg:
-                raise KeyError(f"teacher {name!r} needs 'params' (a params export directory) or 'hf'")
+                raise KeyError(f"teacher {name!r} needs 'params' (a params export), 'checkpoint' or 'hf'")
             if not os.path.isdir(cfg["params"]):
                 raise FileNotFoundError(f"teacher {name!r}: no params export at {cfg['params']!r} "
                                         "(train the teacher first; its run writes WORKDIR/params)")
