@@ -1,37 +1,61 @@
 """Times the jitted train step of a config on synthetic batches and prints JSON.
 
     python benchmarks/train_step.py --config configs/clip_b16.py [--config.a.b=value ...] [--steps 20]
+        [--warmup 5] [--peak_tflops 989] [--workdir DIR]
 
-Reports examples/s, median step time (warm-up excluded), model TFLOP/s per device and MFU (model FLOPs
-from ``vlfm.train.flops``, the same count the training log uses), and the peak device memory where
-the backend reports it. Batches are random arrays shaped like the config's data, so the input
-pipeline is not measured here.
+The step is the trainer's own (same mesh, rules, optimizer, donation); batches are random arrays
+shaped like the config's data, so the input pipeline is not measured. After compilation and
+``--warmup`` steps, each of ``--steps`` steps is timed to completion; the median is reported.
+
+Printed: ``examples_per_s`` (global batch / median step time), ``step_ms``, ``model_tflops_per_device``,
+``mfu`` (model FLOP/s per device over the peak), ``peak_tflops`` and its source: ``--peak_tflops``
+(or ``config.peak_tflops``) when given, otherwise a bf16 matmul measured in the same run
+(``--matmul_dtype`` to change it); ``mfu_vendor`` against the chip's data-sheet bf16 peak when known;
+``peak_memory_gib`` (device high-water mark, where the backend reports it); the date, device and
+commit, for ``benchmarks/RESULTS.md``. With ``config.profile_steps=a,b`` and ``--workdir``, timed
+steps a..b-1 are traced into ``DIR/profile`` (open with TensorBoard or Perfetto).
+
+Model FLOPs are analytic (``vlfm.train.flops``; the trainer's own count, so the figures match the
+training log), per example, forward, multiply-add = 2, matmuls and attention only, x3 for training
+(backward = 2 x forward; rematerialisation is not counted):
+
+- each transformer layer, T tokens of width d, MLP width m: ``2*T*(4*d*d + 2*d*m) + 4*T*T*d``;
+- ViT patch embedding ``2*P*p*p*3*d`` (P patches of p x p pixels);
+- dual encoder: image tower + text tower + projections ``2*(d_image + d_text)*e`` + contrastive
+  logits ``2*2*B*e`` (B the global batch, e the embedding width).
+
+For ``configs/clip_b16.py`` (ViT-B/16 at 224 px: T=197, d=768, m=3072, 12 layers; text T=77, d=512,
+m=2048, 12 layers; e=512; B=256): 35.13 + 5.96 + 0.002 GFLOPs forward, 123.3 GFLOPs per trained
+pair, 3.16e13 per step. 3,600 pairs/s is 444 TFLOP/s, 45% of an H200's 989 TFLOP/s bf16 peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vlfm.data import build_dataset
-from vlfm.losses import combined_loss
-from vlfm.models import build_model
 from vlfm.optim import build_optimizer
-from vlfm.optim.combine import sum_gradients
+from vlfm.optim.combine import build_combiner
+from vlfm.models import build_model
 from vlfm.train import flops as flops_lib
 from vlfm.train.config import load_config
 from vlfm.train.sharding import make_mesh, rules_from_config, to_global_batch
 from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
-from vlfm.train.tasks import Task
+from vlfm.train.tasks import build_tasks
+from vlfm.train.trainer import _example, _task_flops  # the trainer's example and FLOP count, unchanged
 
 
 def synthetic_batch(example: dict, batch_size: int, seed: int = 0) -> dict:
@@ -47,32 +71,79 @@ def synthetic_batch(example: dict, batch_size: int, seed: int = 0) -> dict:
     return out
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    args, rest = parser.parse_known_args(argv)
-    overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
-    config = load_config(args.config, overrides)
+def measure_matmul_tflops(dtype: str = "bfloat16", n: int | None = None, reps: int = 10) -> float:
+    """Achieved TFLOP/s of an n x n matmul on one device: median over ``reps`` timed runs."""
+    if n is None:
+        n = 1024 if jax.default_backend() == "cpu" else 8192
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    device = jax.local_devices()[0]
+    a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
+    b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
 
-    data_cfg = dict(config.data)
-    if data_cfg.get("name") == "shapes":
-        data_cfg["num_examples"] = 4  # shapes only; the values are replaced by random data
-    bundle = build_dataset(data_cfg, "train")
-    example = bundle.examples[0]
+
+def _commit() -> str | None:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+local changes" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _profile_window(spec: str) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    first, last = (int(x) for x in str(spec).split(","))
+    return first, last
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="peak per device; default: measure")
+    parser.add_argument("--matmul_dtype", default="bfloat16", help="dtype of the measured peak matmul")
+    parser.add_argument("--workdir", default=None, help="where config.profile_steps writes its trace")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unknown arguments {unknown}")
+    overrides = [a[len("--config."):] for a in rest]
+    config = load_config(args.config, overrides)
+    if config.data.get("name") == "shapes":
+        with config.unlocked():
+            config.data.num_examples = 4  # the built-in data only gives shapes; the values are random
+    tasks = build_tasks(config)
+    task = tasks[0]
+    if len(tasks) > 1:
+        print(f"benchmarking task {task.name!r} only (of {len(tasks)})", file=sys.stderr)
+    example = _example(task)
     mesh = make_mesh(config.mesh.shape)
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
-    tx, schedule = build_optimizer(config.optimizer, config.total_steps)
-    batch_size = int(config.data.batch_size)
+    base_tx, schedule = build_optimizer(config.optimizer, config.total_steps)
+    tx = optax.chain(build_combiner(config.get("gradient_combiner"), {task.name: task.weight}), base_tx)
+    batch_size = task.batch_size
+    profile = _profile_window(config.get("profile_steps", ""))
+    if profile and not args.workdir:
+        parser.error("config.profile_steps needs --workdir")
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        init = state_initializer(model, optax.chain(sum_gradients(), tx), init_batch(example, 1),
-                                 ema=config.ema_decay is not None)
+        init = state_initializer(model, tx, init_batch(example, 1), ema=config.ema_decay is not None)
         state, shardings, _ = sharded_init(init, jax.random.key(0), mesh, rules)
-        task = Task("main", bundle, batch_size, combined_loss(config.losses))
-        step_fn = make_train_step(model, [task], optax.chain(sum_gradients(), tx), schedule, seed=0,
-                                  accum_steps=int(config.grad_accum_steps), ema_decay=config.ema_decay)
+        step_fn = make_train_step(model, [task], tx, schedule, seed=0, accum_steps=int(config.grad_accum_steps),
+                                  ema_decay=config.ema_decay, prefix_metrics=False)
         step = jax.jit(step_fn, in_shardings=(shardings, None, None), out_shardings=(shardings, None),
                        donate_argnums=0)
         batch = {task.name: to_global_batch(synthetic_batch(example, batch_size), mesh)}
@@ -80,31 +151,46 @@ def main(argv: list[str]) -> None:
         state, metrics = step(state, batch, {})
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - compile_start
+        for _ in range(args.warmup):
+            state, metrics = step(state, batch, {})
+        jax.block_until_ready(metrics)
         times = []
-        for i in range(args.warmup + args.steps):
+        for i in range(args.steps):
+            if profile and i == profile[0]:
+                jax.profiler.start_trace(os.path.join(args.workdir, "profile"))
             start = time.perf_counter()
             state, metrics = step(state, batch, {})
             jax.block_until_ready(metrics)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
+            if profile and i + 1 == profile[1]:
+                jax.profiler.stop_trace()
     step_s = statistics.median(times)
-    text_len = int(config.data.get("max_len", 0)) or None
-    step_flops = batch_size * flops_lib.train_flops_per_example(config.model, text_len=text_len,
-                                                                global_batch=batch_size)
+    step_flops = _task_flops(config, task)
     per_device = step_flops / step_s / jax.device_count()
-    peak, source = flops_lib.peak_flops_per_device(config.peak_tflops * 1e12 if config.peak_tflops else None)
-    memory = None
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        memory = stats["peak_bytes_in_use"] / 2**30
-    print(json.dumps({
+    given = args.peak_tflops or config.peak_tflops
+    if given:
+        peak, source = float(given), "given"
+    else:
+        peak, source = measure_matmul_tflops(args.matmul_dtype), f"measured {args.matmul_dtype} matmul"
+    vendor, _ = flops_lib.peak_flops_per_device()
+    stats = jax.local_devices()[0].memory_stats() or {}
+    memory = stats.get("peak_bytes_in_use")
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": _commit(),
         "config": args.config, "overrides": overrides, "device": jax.devices()[0].device_kind,
-        "devices": jax.device_count(), "params": count_params(state["params"]), "batch_size": batch_size,
-        "compile_s": round(compile_s, 2), "step_ms": round(1e3 * step_s, 2),
-        "examples_per_s": round(batch_size / step_s, 1), "model_tflops_per_device": round(per_device / 1e12, 3),
-        "mfu": None if peak is None else round(per_device / peak, 4), "peak_source": source,
-        "peak_memory_gib": memory, "loss": float(metrics["loss"]),
-    }, indent=1))
+        "devices": jax.device_count(), "mesh": dict(mesh.shape), "params": count_params(state["params"]),
+        "batch_size": batch_size, "compile_s": round(compile_s, 2), "steps": args.steps,
+        "step_ms": round(1e3 * step_s, 2), "step_ms_min": round(1e3 * min(times), 2),
+        "step_ms_max": round(1e3 * max(times), 2), "examples_per_s": round(batch_size / step_s, 1),
+        "model_flops_per_step": step_flops, "model_tflops_per_device": round(per_device / 1e12, 4),
+        "peak_tflops": round(peak, 3), "peak_source": source, "mfu": round(per_device / 1e12 / peak, 4),
+        "vendor_peak_tflops": None if vendor is None else vendor / 1e12,
+        "mfu_vendor": None if vendor is None else round(per_device / vendor, 4),
+        "peak_memory_gib": None if memory is None else round(memory / 2**30, 3),
+        "loss": float(metrics["loss"]),
+    }
+    print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -237,9 +237,18 @@ class Checkpointer:
             raise FileNotFoundError(f"No committed checkpoint for step {step} in {self.directory}.")
         items = {key: ocp.args.StandardRestore(_wrap(value)) for key, value in abstract_state.items()}
         if data_iterator is not None:
-            if not (self._step_dir(step) / DATA_ITEM).exists():
+            data_dir = self._step_dir(step) / DATA_ITEM
+            if not data_dir.exists():
                 raise ValueError(f"Checkpoint step {step} has no data iterator state.")
-            items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+            # grain writes one state per process; data shards follow the process count, so a run with
+            # another count cannot continue those streams: it restarts them (model and optimizer restored).
+            if (data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists():
+                items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+            else:
+                saved = sorted(p.name for p in data_dir.glob("process_*.json"))
+                log.warning("Checkpoint step %d holds data iterator states %s of another process count (this run "
+                            "has %d): model, optimizer and step are restored, the data streams start afresh.", step,
+                            saved, jax.process_count())
         items[META_ITEM] = ocp.args.JsonRestore()
         restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
         state = {key: _unwrap(value, restored[key]) for key, value in abstract_state.items()}

@@ -19,7 +19,8 @@ def make_predict_fns(model: nn.Module) -> dict[str, Callable]:
     for name, fn in getattr(type(model), "PREDICT", {}).items():
         def predict(params, batch, fn=fn):
             return model.apply({"params": params}, batch, method=lambda m, b: fn(m, b))
-        fns[name] = jax.jit(predict)
+        # Replicated outputs: every process gets the whole result (multi-host runs read it on the host).
+        fns[name] = jax.jit(predict, out_shardings=jax.sharding.PartitionSpec())
     return fns
 
 

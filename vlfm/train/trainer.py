@@ -25,7 +25,7 @@ from vlfm.data.pipeline import numeric_only
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import build_combiner
-from vlfm.train import aot
+from vlfm.train import aot, distributed
 from vlfm.train import flops as flops_lib
 from vlfm.train.checkpoint import Checkpointer, export_params
 from vlfm.train.config import check_keys
@@ -162,7 +162,7 @@ def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
         one["model_flops_per_step"] = sum(_task_flops(config, tasks_by_name[n]) for n in kind)
         log.info("dry run, step %s (per device): %s", "+".join(kind), ", ".join(
-            f"{k}={v / 2**30:.3f} GiB" if k.endswith("bytes") else f"{k}={v:.4g}" for k, v in one.items()))
+            f"{k}={aot.format_bytes(v)}" if k.endswith("bytes") else f"{k}={v:.4g}" for k, v in one.items()))
         for k, v in one.items():
             report[k] = max(report.get(k, 0.0), v)
     return report
@@ -194,9 +194,9 @@ class _Loop:
         window = {"steps": 0, "flops": 0.0, "examples": 0}
         task_counts: dict[str, int] = {}
         profile = _profile_window(config.profile_steps)
-        # Several CPU devices per process with cross-process collectives deadlock when steps are queued
-        # asynchronously; block on each step there. Accelerators stay asynchronous.
-        block_each_step = jax.process_count() > 1 and jax.default_backend() == "cpu"
+        # Multi-process CPU runs with a too small CPU thread pool deadlock when steps are queued
+        # asynchronously (vlfm.train.distributed); block on each step there. Accelerators stay asynchronous.
+        block_each_step = distributed.must_block_each_step()
         for step in range(start_step, total):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(os.path.join(self.workdir, "profile"))

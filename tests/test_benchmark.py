@@ -1,0 +1,45 @@
+"""``benchmarks/train_step.py`` (JSON figures, FLOPs as the trainer counts them, profile traces) and the
+trainer's ``profile_steps``."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, SMALL_CLIP, run_trainer, trainer_env
+from vlfm.train import flops
+from vlfm.train.config import load_config
+
+
+@pytest.mark.slow
+def test_benchmark_prints_consistent_json_and_writes_a_profile(tmp_path):
+    overrides = [a for a in SMALL_CLIP if "evals" not in a] + ["--config.profile_steps=1,3"]
+    cmd = [sys.executable, "benchmarks/train_step.py", "--config", "configs/clip_tiny.py", *overrides,
+           "--steps", "4", "--warmup", "1", "--workdir", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=REPO, env=trainer_env(1), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.loads(out.stdout[out.stdout.index("{"):])
+    assert r["batch_size"] == 32 and r["steps"] == 4 and r["peak_source"] == "measured bfloat16 matmul"
+    assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
+    assert r["examples_per_s"] == pytest.approx(32 / (r["step_ms"] / 1e3), rel=1e-2)
+    assert r["model_tflops_per_device"] == pytest.approx(r["model_flops_per_step"] / (r["step_ms"] / 1e3) / 1e12,
+                                                         rel=1e-2)
+    assert r["mfu"] == pytest.approx(r["model_tflops_per_device"] / r["peak_tflops"], rel=1e-2)
+    # The analytic count the trainer logs: 3 x forward of this model at batch 32 and the data's text length.
+    config = load_config("configs/clip_tiny.py", [a[len("--config."):] for a in overrides])
+    expected = 32 * flops.train_flops_per_example(config.model, text_len=config.data.max_len, global_batch=32)
+    assert r["model_flops_per_step"] == pytest.approx(expected)
+    assert glob.glob(str(tmp_path / "profile" / "**" / "*.xplane.pb"), recursive=True)
+
+
+@pytest.mark.slow
+def test_trainer_profile_steps_write_a_trace_into_the_workdir(tmp_path):
+    args = ["--config", "configs/clip_tiny.py", "--workdir", str(tmp_path), *SMALL_CLIP, "--config.total_steps=3",
+            "--config.profile_steps=1,3", "--config.evals={}", "--config.export_params=false"]
+    out = run_trainer(args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    traces = glob.glob(os.path.join(tmp_path, "profile", "**", "*.xplane.pb"), recursive=True)
+    assert traces, os.listdir(tmp_path)
