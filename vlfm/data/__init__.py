@@ -1,6 +1,9 @@
-"""Data: sources (the built-in shapes dataset, ...), tokenizers, masking and grain pipelines."""
+"""Data: sources (built-in shapes, TFDS, webdataset shards, text files, mixtures), preprocessing,
+tokenizers, masking and grain pipelines."""
 
-from vlfm.data import builtin  # noqa: F401  (registers the built-in dataset)
-from vlfm.data.pipeline import DATASETS, DatasetBundle, build_dataset, to_global, train_iterator
+from vlfm.data import builtin, mixing, text_files, tfds_source, webdataset  # noqa: F401  (register datasets)
+from vlfm.data.bad_data import EmptyDatasetError
+from vlfm.data.pipeline import DATASETS, DataIterator, DatasetBundle, build_dataset, to_global, train_iterator
 
-__all__ = ["DATASETS", "DatasetBundle", "build_dataset", "to_global", "train_iterator"]
+__all__ = ["DATASETS", "DataIterator", "DatasetBundle", "EmptyDatasetError", "build_dataset", "to_global",
+           "train_iterator"]

@@ -1,43 +1,105 @@
 """Input pipelines: dataset registry, grain pipelines per host, and global batches on the mesh.
 
-A dataset factory returns a ``grain.MapDataset`` of example dicts (numpy leaves) for one split. The
-train pipeline shards it by host, shuffles with a seed, repeats, applies the random transforms and
-batches per host; ``to_global`` turns each host's rows into one ``jax.Array`` laid out over the
-mesh's data-parallel axes. The grain iterator's state is saved with every checkpoint, so a resumed
-run sees exactly the batches an uninterrupted one would.
+A dataset factory returns a ``DatasetBundle`` for one split: either a finite random-access
+``grain.MapDataset`` of records (TFDS, the built-in data) or a ``stream`` factory of a grain
+``IterDataset`` (webdataset shards, text files, mixtures), plus a per-example ``random_transform``
+(decoding, augmentation, tokenisation, masking; it may return a ``BadSample``). ``example_stream``
+turns either kind into one endless, seeded, host-sharded stream of clean examples; ``train_iterator``
+batches it per host (in ``num_workers`` processes) into a checkpointable ``DataIterator``, and
+``to_global`` makes each host's rows one ``jax.Array`` laid out over the mesh's data-parallel axes.
+The iterator's state is saved with every checkpoint, so a resumed run sees exactly the batches an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import grain
-import jax
 import numpy as np
 
+from vlfm.data.bad_data import BadSample, DropBad, EmptyDatasetError, bad_counts
 from vlfm.registry import Registry
-from vlfm.train.sharding import batch_sharding
 
 DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
+# Keys of a data config that configure the pipeline, not the dataset factory.
+PIPELINE_KEYS = ("batch_size", "num_workers", "seed", "eval_split", "eval_examples", "train_split", "weight")
 
 
 class DatasetBundle:
-    """A split's examples plus the per-example random transform (e.g. MLM masking) and metadata."""
+    """A split's examples (``examples`` MapDataset or ``stream`` factory), the per-example random
+    transform and metadata (``info``: name, tokenizer, max_len, class names, ...).
 
-    def __init__(self, examples: grain.MapDataset, random_transform: Callable | None = None,
-                 info: Mapping[str, Any] | None = None):
+    ``stream(seed=, process_index=, process_count=, num_epochs=, shuffle=)`` returns a grain
+    ``IterDataset`` of this host's records (or ``BadSample`` markers); its sources split the data
+    further over grain's worker processes.
+    """
+
+    def __init__(self, examples: grain.MapDataset | None = None, random_transform: Callable | None = None,
+                 info: Mapping[str, Any] | None = None, *, stream: Callable[..., grain.IterDataset] | None = None):
+        if (examples is None) == (stream is None):
+            raise ValueError("a DatasetBundle needs exactly one of examples (MapDataset) or stream")
         self.examples = examples
+        self.stream = stream
         self.random_transform = random_transform
         self.info = dict(info or {})
 
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name", "dataset"))
+
+    def example_stream(self, *, seed: int, process_index: int = 0, process_count: int = 1,
+                       num_epochs: int | None = None, shuffle: bool = True) -> grain.IterDataset:
+        """Clean examples for one host: sharded, shuffled, repeated, transformed, bad samples dropped."""
+        if self.examples is not None:
+            ds = self.examples[process_index::process_count]
+            if len(ds) == 0:
+                raise EmptyDatasetError(f"dataset {self.name} yields no examples for host {process_index} of "
+                                        f"{process_count}")
+            if shuffle:
+                ds = ds.shuffle(seed=seed)
+            ds = ds.repeat(num_epochs)
+            it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+        else:
+            it_ds = self.stream(seed=seed, process_index=process_index, process_count=process_count,
+                                num_epochs=num_epochs, shuffle=shuffle)
+        if self.random_transform is not None:
+            it_ds = it_ds.random_map(_RandomTransform(self.random_transform), seed=host_seed(seed, process_index))
+        return DropBad(it_ds, name=self.name)
+
+    def example(self) -> dict[str, np.ndarray]:
+        """One transformed example (the first usable one), e.g. for shapes at model initialisation."""
+        it = iter(self.example_stream(seed=0, num_epochs=1, shuffle=False))
+        try:
+            return next(it)
+        except StopIteration:
+            raise EmptyDatasetError(f"dataset {self.name} yields no usable example") from None
+        finally:
+            it.close()
+
+
+def host_seed(seed: int, process_index: int) -> int:
+    """A 32-bit seed for this host's random transforms (hosts must not draw the same augmentations)."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts -> dicts (recursively) so factories get plain kwargs."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
 
 def build_dataset(cfg: Mapping[str, Any], split: str) -> DatasetBundle:
-    cfg = dict(cfg)
+    cfg = _plain(cfg)
     if "name" not in cfg:
         raise KeyError(f"the data config needs a 'name'; valid names: {', '.join(DATASETS.names())}")
     factory = DATASETS.get(cfg.pop("name"))
-    for key in ("batch_size", "num_workers", "seed", "eval_split", "eval_examples", "train_split"):
+    for key in PIPELINE_KEYS:
         cfg.pop(key, None)
     return factory(split=split, **cfg)
 
@@ -47,27 +109,86 @@ class _RandomTransform(grain.transforms.RandomMap):
         self.fn = fn
 
     def random_map(self, element, rng: np.random.Generator):
-        return self.fn(element, rng)
+        return element if isinstance(element, BadSample) else self.fn(element, rng)
+
+
+class DataIterator(grain.DatasetIterator):
+    """The train iterator: per-host batches, checkpointable (with the worker count), with ``stats()``.
+
+    ``stats()`` gives counters for the metrics: ``data/bad/<kind>`` (samples or shards skipped) and, for
+    mixtures, ``data/<dataset>/examples``. They are read from the pipeline state, so they are exact for
+    the batches consumed so far, whichever worker produced them, and they continue across a resume.
+    """
+
+    def __init__(self, inner: grain.DatasetIterator, *, num_workers: int, name: str):
+        super().__init__(inner)
+        self.num_workers = num_workers
+        self.name = name
+
+    def __next__(self) -> Any:
+        return next(self._parent)
+
+    def get_state(self) -> dict:
+        return {"num_workers": self.num_workers, "pipeline": self._parent.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        if state.get("num_workers") != self.num_workers:
+            raise ValueError(f"data iterator state of {self.name} was saved with num_workers="
+                             f"{state.get('num_workers')}, this run has num_workers={self.num_workers}: element "
+                             "order depends on the worker count, so resume with the same data.num_workers")
+        self._parent.set_state(state["pipeline"])
+
+    def stats(self) -> dict[str, float]:
+        return pipeline_stats(self._parent.get_state())
+
+    def __str__(self) -> str:
+        return f"DataIterator({self.name}, num_workers={self.num_workers})"
+
+
+def pipeline_stats(state: Any) -> dict[str, float]:
+    """Bad-data and mixing counters from a (nested) pipeline state."""
+    from vlfm.data.mixing import mix_counts  # mixing builds on this module
+
+    out: dict[str, float] = {}
+    per_dataset = bad_counts(state)
+    for kinds in per_dataset.values():
+        for kind, n in kinds.items():
+            out[f"data/bad/{kind}"] = out.get(f"data/bad/{kind}", 0.0) + n
+    mixed = mix_counts(state)
+    for name, n in mixed.items():
+        out[f"data/{name}/examples"] = float(n)
+    if mixed:
+        for name, kinds in per_dataset.items():
+            if name in mixed:
+                for kind, n in kinds.items():
+                    out[f"data/{name}/bad/{kind}"] = float(n)
+    return out
 
 
 def train_iterator(bundle: DatasetBundle, *, global_batch_size: int, seed: int, num_workers: int = 0,
-                   process_index: int | None = None, process_count: int | None = None) -> grain.DatasetIterator:
+                   process_index: int | None = None, process_count: int | None = None) -> DataIterator:
     """An endless, seeded, host-sharded iterator of per-host numpy batches (checkpointable)."""
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} hosts")
-    ds = bundle.examples[process_index::process_count]
-    if len(ds) == 0:
-        raise ValueError(f"dataset {bundle.info.get('name', '?')} yields no examples for host {process_index}")
-    ds = ds.shuffle(seed=seed).repeat(None)
-    if bundle.random_transform is not None:
-        ds = ds.random_map(_RandomTransform(bundle.random_transform), seed=seed + 1)
+    ds = bundle.example_stream(seed=seed, process_index=process_index, process_count=process_count)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(it_ds)
+        _ensure_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return DataIterator(iter(ds), num_workers=num_workers, name=bundle.name)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside ``absl.app.run`` nothing has parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def numeric_only(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -75,16 +196,28 @@ def numeric_only(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
 
 
-def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """This host's rows -> global arrays sharded over the data-parallel axes."""
+def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict:
+    """This host's rows -> global ``jax.Array``s sharded over the data-parallel axes."""
+    import jax
+
+    from vlfm.train.sharding import batch_sharding
+
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
             for k, v in numeric_only(batch).items()}
 
 
 def eval_arrays(bundle: DatasetBundle, limit: int | None = None) -> dict[str, np.ndarray]:
-    """All examples of a (small, held-out) split stacked into arrays, in order, for evaluators."""
-    n = len(bundle.examples) if limit is None else min(limit, len(bundle.examples))
-    rows = [bundle.examples[i] for i in range(n)]
+    """The first ``limit`` usable examples of a (held-out) split, in order, stacked into arrays.
+
+    Random transforms run with a fixed seed, so evaluation inputs are the same every time.
+    """
+    it = iter(bundle.example_stream(seed=0, num_epochs=1, shuffle=False))
+    try:
+        rows = list(itertools.islice(it, limit))
+    finally:
+        it.close()
+    if not rows:
+        raise EmptyDatasetError(f"dataset {bundle.name} yields no usable example for evaluation")
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 

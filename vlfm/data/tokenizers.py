@@ -89,6 +89,10 @@ class WordTokenizer:
     def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
         return _pack([self.encode(t) for t in texts], self.bos_id, self.eos_id, self.pad_id, max_len)
 
+    def word_starts(self, ids: np.ndarray) -> np.ndarray:
+        """Every token is a whole word."""
+        return np.ones(np.shape(ids), bool)
+
 
 # ----------------------------------------------------------------------------------------------------
 # BERT WordPiece
@@ -231,6 +235,11 @@ class WordPieceTokenizer:
     def tokenize(self, text: str) -> list[str]:
         return [self.tokens[i] for i in self.encode(text)]
 
+    def word_starts(self, ids: np.ndarray) -> np.ndarray:
+        """True where a token begins a word (not a ``##`` continuation), for whole-word masking."""
+        return np.array([not self.tokens[int(i)].startswith("##") for i in np.asarray(ids).ravel()],
+                        bool).reshape(np.shape(ids))
+
     def encode(self, text: str) -> list[int]:
         return [i for word in self.basic_tokenize(text) for i in self._wordpiece(word)]
 
@@ -245,11 +254,103 @@ class WordPieceTokenizer:
         return out
 
 
-TOKENIZER_KINDS = ("word_shapes", "wordpiece")
+# ----------------------------------------------------------------------------------------------------
+# SentencePiece
+
+SP_SPECIALS = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+SP_MASK = "<mask>"
 
 
-def build_tokenizer(kind: str, **kwargs: Any) -> WordTokenizer | WordPieceTokenizer:
-    """Builds a tokenizer by name: "word_shapes" (no arguments) or "wordpiece" (path=vocab.txt, lowercase=)."""
+class SentencePieceTokenizer:
+    """A SentencePiece model (unigram or BPE) behind the common protocol.
+
+    Models trained by ``train_sentencepiece`` have pad 0, unk 1, bos 2, eos 3 and ``<mask>`` 4. Other
+    ``.model`` files keep their own ids; a model without a pad piece pads with its unk id, and one
+    without ``<mask>`` (or ``[MASK]``) has ``mask_id = None`` and cannot be used for MLM. The processor
+    is rebuilt from the serialized model after pickling (grain worker processes).
+    """
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self._proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        sp = self._sp
+        self.vocab_size = sp.get_piece_size()
+        self.unk_id = sp.unk_id()
+        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.unk_id
+        self.bos_id = sp.bos_id() if sp.bos_id() >= 0 else None
+        self.eos_id = sp.eos_id() if sp.eos_id() >= 0 else None
+        self.cls_id = self.bos_id
+        self.mask_id = None
+        for piece in (SP_MASK, "[MASK]"):
+            i = sp.piece_to_id(piece)
+            if i != self.unk_id:
+                self.mask_id = i
+                break
+        self._word_start = np.array([sp.id_to_piece(i).startswith("\u2581") or sp.is_control(i)
+                                     for i in range(self.vocab_size)], bool)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def __getstate__(self) -> dict:
+        return {"model_proto": self._proto}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_proto"])
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        skip = {self.pad_id, self.bos_id, self.eos_id}
+        return self._sp.decode([int(i) for i in ids if int(i) not in skip])
+
+    def word_starts(self, ids: np.ndarray) -> np.ndarray:
+        """True where a token begins a word (its piece starts with the space marker), for whole-word masking."""
+        return self._word_start[np.asarray(ids)]
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
+        if self.bos_id is None or self.eos_id is None:
+            raise ValueError("this SentencePiece model has no bos/eos pieces, which encode_batch needs")
+        return _pack(self._sp.encode(list(texts)), self.bos_id, self.eos_id, self.pad_id, max_len)
+
+
+def train_sentencepiece(inputs: Sequence[str | os.PathLike], model_prefix: str | os.PathLike, vocab_size: int,
+                        model_type: str = "unigram", character_coverage: float = 1.0,
+                        max_sentences: int = 2_000_000, num_threads: int = 2, lowercase: bool = False,
+                        hard_vocab_limit: bool = False) -> str:
+    """Trains a SentencePiece model on text files (one sentence or document per line).
+
+    Writes ``<model_prefix>.model`` and ``.vocab`` and returns the ``.model`` path. Ids: pad 0, unk 1,
+    bos 2, eos 3, ``<mask>`` 4. ``max_sentences`` lines are sampled from large corpora. With
+    ``hard_vocab_limit=False`` a vocabulary too large for the corpus is shrunk instead of failing.
+    """
+    import sentencepiece as spm
+
+    files = [os.fspath(p) for p in inputs]
+    for path in files:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"sentencepiece training input {path} does not exist")
+    prefix = os.fspath(model_prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=files, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage, input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        num_threads=num_threads, hard_vocab_limit=hard_vocab_limit, user_defined_symbols=[SP_MASK],
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc", minloglevel=2, **SP_SPECIALS)
+    return prefix + ".model"
+
+
+TOKENIZER_KINDS = ("word_shapes", "wordpiece", "sentencepiece")
+
+
+def build_tokenizer(kind: str, **kwargs: Any) -> WordTokenizer | WordPieceTokenizer | SentencePieceTokenizer:
+    """Builds a tokenizer by name: "word_shapes" (no arguments), "wordpiece" (path=vocab.txt, lowercase=)
+    or "sentencepiece" (path=model file)."""
     if kind == "word_shapes":
         if kwargs:
             raise TypeError(f"tokenizer 'word_shapes' takes no arguments, got {sorted(kwargs)}")
@@ -258,4 +359,8 @@ def build_tokenizer(kind: str, **kwargs: Any) -> WordTokenizer | WordPieceTokeni
         if "path" not in kwargs:
             raise TypeError("tokenizer 'wordpiece' needs path=<vocab.txt>")
         return WordPieceTokenizer.from_vocab_file(**kwargs)
+    if kind == "sentencepiece":
+        if set(kwargs) != {"path"}:
+            raise TypeError(f"tokenizer 'sentencepiece' takes path=<model file> only, got {sorted(kwargs)}")
+        return SentencePieceTokenizer.from_file(kwargs["path"])
     raise ValueError(f"unknown tokenizer kind {kind!r}; valid kinds: {', '.join(TOKENIZER_KINDS)}")

@@ -45,9 +45,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _example(task: Task) -> dict:
-    example = task.bundle.examples[0]
-    if task.bundle.random_transform is not None:
-        example = task.bundle.random_transform(example, np.random.default_rng(0))
+    example = task.bundle.example()  # first usable example, transformed (map and stream datasets alike)
     return numeric_only(example) if isinstance(example, dict) else example
 
 
@@ -235,6 +233,9 @@ class _Loop:
                                 tflops_per_device=per_device / 1e12, mfu=per_device / self.peak)
                 if len(self.step_fns) > 1:
                     host.update({f"steps/{n}": c for n, c in task_counts.items()})
+                for name, it in self.data_it.iterators.items():  # bad-data and mixing counters (data/...)
+                    prefix = "" if len(self.data_it.iterators) == 1 else f"{name}/"
+                    host.update({prefix + k: v for k, v in it.stats().items()})
                 last_time, window = now, {"steps": 0, "flops": 0.0, "examples": 0}
                 results.update(self.writer.write(done, {f"train/{k}": v for k, v in host.items()}))
                 _log_line(done, total, host)
