@@ -14,6 +14,7 @@ import jax
 import optax
 from flax import traverse_util
 
+from vlfm.optim.param_groups import lr_multipliers
 from vlfm.optim.schedules import build_schedule
 
 # Parameters matching these path patterns get no weight decay: norms, biases, embeddings, scalars.
@@ -32,7 +33,9 @@ def path_mask(params: Any, patterns: Sequence[str], match_value: bool) -> Any:
 def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``cfg``: ``name`` (adamw, adam, sgd, lamb, adafactor), ``lr`` (a schedule config),
     ``weight_decay``, ``no_decay`` (path regexes), ``b1``, ``b2``, ``eps``, ``momentum``,
-    ``clip_norm``, ``mu_dtype`` (e.g. bfloat16 for AdamW's first moment)."""
+    ``clip_norm``, ``mu_dtype`` (e.g. bfloat16 for AdamW's first moment), ``lr_multipliers``
+    (``(path regex, multiplier)`` pairs or a mapping: per-group learning-rate multipliers, see
+    ``vlfm.optim.param_groups``)."""
     cfg = dict(cfg)
     name = cfg.pop("name", "adamw")
     schedule = build_schedule(cfg.pop("lr"), total_steps)
@@ -42,9 +45,10 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.Gra
     b1, b2, eps = float(cfg.pop("b1", 0.9)), float(cfg.pop("b2", 0.999)), float(cfg.pop("eps", 1e-8))
     momentum = cfg.pop("momentum", 0.9)
     mu_dtype = cfg.pop("mu_dtype", None)
+    multipliers = cfg.pop("lr_multipliers", None)
     if cfg:
         raise KeyError(f"unknown optimizer keys {sorted(cfg)}; valid: name, lr, weight_decay, no_decay, clip_norm, "
-                       "b1, b2, eps, momentum, mu_dtype")
+                       "b1, b2, eps, momentum, mu_dtype, lr_multipliers")
 
     decay_mask = lambda params: path_mask(params, no_decay, match_value=False)  # noqa: E731
     if name == "adamw":
@@ -61,6 +65,8 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.Gra
         opt = optax.adafactor(schedule, weight_decay_rate=weight_decay or None, weight_decay_mask=decay_mask)
     else:
         raise KeyError(f"unknown optimizer {name!r}; valid: adamw, adam, lamb, sgd, adafactor")
+    if multipliers:
+        opt = optax.chain(opt, lr_multipliers(multipliers))
     if clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(float(clip_norm)), opt)
     return opt, schedule
