@@ -43,13 +43,7 @@ def run_encoder(tower: TransformerTower, x: jax.Array, *, norm: str, causal: boo
 
     Returns the last layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``.
     """
-    dtype, pdtype = tower.dtypes
-    block = dict(num_heads=tower.num_heads, mlp_dim=tower.mlp_dim, norm=norm, ln_eps=tower.ln_eps, act=tower.act,
-                 qkv_bias=tower.qkv_bias, layer_scale=tower.layer_scale, dropout_rate=tower.dropout_rate,
-                 attn_dropout_rate=tower.attn_dropout_rate, causal=causal, implementation=tower.attention,
-                 init_std=tower.init_std, dtype=dtype, param_dtype=pdtype)
-    out = layers.Encoder(tower.depth, block, tower.drop_path_rate, tower.scan, tower.remat, tower.collect_hidden,
-                         name="encoder")(x, kv_lengths=kv_lengths, train=train)
+    out = encoder_module(tower, norm=norm, causal=causal)(x, kv_lengths=kv_lengths, train=train)
     if tower.collect_hidden:
         out, hidden = out
         return out, {"hidden": hidden}
