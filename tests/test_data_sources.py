@@ -250,3 +250,24 @@ def test_tfds_source(tfds_dir, vocab_file):
     hosts = [[tuple(e["text"]) for e in take(train.example_stream(seed=1, process_index=h, process_count=2,
                                                                    num_epochs=1), 100)] for h in range(2)]
     assert len(hosts[0]) == len(hosts[1]) == 15
+
+
+def test_ufo_base_data_sections_build_on_tfds_and_text_files(tfds_dir, vocab_file, tmp_path):
+    """``configs/ufo_base.py``'s ImageNet and corpus task data, pointed by overrides at a toy TFDS
+    dataset and generated text files, build through the real sources: labelled images at the
+    configured size, whole-word-masked text, class names from the TFDS label feature."""
+    from vlfm.train.config import load_config
+
+    synthetic.write_text_files(tmp_path, 12, 6)
+    config = load_config("configs/ufo_base.py", [
+        "tasks.image.data.tfds_name=vlfm_toy_captions", f"tasks.image.data.data_dir={tfds_dir}",
+        f"tasks.text.data.paths.train={tmp_path}/text-*.txt",
+        f"tasks.text.data.text.tokenizer.path={vocab_file}"])
+    images = build_dataset(config.tasks.image.data, "train")
+    example = images.example()
+    assert example["image"].shape == (224, 224, 3) and example["label"].shape == ()
+    assert images.info["num_classes"] == 3  # the configured model has 1000: the real ImageNet's
+    text = build_dataset(config.tasks.text.data, "train")
+    row = next(iter(text.example_stream(seed=0, process_index=0, process_count=1, num_epochs=1)))
+    assert row["text"].shape == (128,) and (row["mlm_targets"] >= 0).any()
+    assert config.model.num_classes == 1000 and set(config.teachers) == {"vit", "bert"}

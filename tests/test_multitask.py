@@ -127,6 +127,21 @@ def test_layerwise_decay_scales_stacked_and_unrolled_layers():
     np.testing.assert_allclose(out["head"]["kernel"], 1.0)
 
 
+def test_optimizer_config_layer_decay_scales_sgd_updates_exactly():
+    """``optimizer.layer_decay`` chains the decay after the optimizer: plain SGD (lr 0.1) moves layer
+    ``i`` of 3 by ``0.1 * 0.5 ** (3 - i)`` and the head by 0.1; a missing key is named."""
+    from vlfm.optim.optimizers import build_optimizer
+
+    params = {"encoder": {"layers": {"w": jnp.zeros((3, 2))}}, "head": {"kernel": jnp.zeros(2)}}
+    tx, _ = build_optimizer(dict(name="sgd", momentum=0.0, lr=dict(name="constant", peak=0.1),
+                                 layer_decay=dict(decay=0.5, num_layers=3)), total_steps=10)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["encoder"]["layers"]["w"][:, 0], [-0.0125, -0.025, -0.05], rtol=1e-6)
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.1, rtol=1e-6)
+    with pytest.raises(KeyError, match="num_layers"):
+        build_optimizer(dict(name="sgd", lr=dict(name="constant", peak=0.1), layer_decay=dict(decay=0.5)), 10)
+
+
 class _T:
     def __init__(self, name, steps=0):
         self.name, self.steps = name, steps

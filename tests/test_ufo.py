@@ -74,11 +74,12 @@ def test_ufo_shares_the_encoder_between_modalities():
     assert not nonzero(g_img["text_token_embed"]) and not nonzero(g_txt["image_patch_embed"])
 
 
-def test_ufo_base_parameter_count():
-    cfg = load_config("configs/ufo_base.py").model.to_dict()
-    cfg["num_classes"] = 1000
-    model = build_model(cfg)
-    batch = {"image": jnp.zeros((1, 224, 224, 3)), "text": jnp.zeros((1, 16), jnp.int32)}
+@pytest.mark.parametrize("variant,expected", [("", 134_466_850), (":shapes", 133_740_914)])
+def test_ufo_base_parameter_count(variant, expected):
+    """ImageNet-1k classifier by default, the built-in data's 56 classes with ``:shapes``."""
     import flax.linen as nn
+
+    model = build_model(load_config(f"configs/ufo_base.py{variant}").model.to_dict())
+    batch = {"image": jnp.zeros((1, 224, 224, 3)), "text": jnp.zeros((1, 16), jnp.int32)}
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"]
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes))) == 134_466_850
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes))) == expected

@@ -14,6 +14,7 @@ import jax
 import optax
 from flax import traverse_util
 
+from vlfm.optim.layer_decay import layerwise_lr_decay
 from vlfm.optim.param_groups import lr_multipliers
 from vlfm.optim.schedules import build_schedule
 
@@ -35,7 +36,8 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.Gra
     ``weight_decay``, ``no_decay`` (path regexes), ``b1``, ``b2``, ``eps``, ``momentum``,
     ``clip_norm``, ``mu_dtype`` (e.g. bfloat16 for AdamW's first moment), ``lr_multipliers``
     (``(path regex, multiplier)`` pairs or a mapping: per-group learning-rate multipliers, see
-    ``vlfm.optim.param_groups``)."""
+    ``vlfm.optim.param_groups``), ``layer_decay`` (kwargs of ``vlfm.optim.layer_decay.layerwise_lr_decay``:
+    ``{"decay": 0.65, "num_layers": 12}`` for BEiT-style fine-tuning)."""
     cfg = dict(cfg)
     name = cfg.pop("name", "adamw")
     schedule = build_schedule(cfg.pop("lr"), total_steps)
@@ -46,9 +48,10 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.Gra
     momentum = cfg.pop("momentum", 0.9)
     mu_dtype = cfg.pop("mu_dtype", None)
     multipliers = cfg.pop("lr_multipliers", None)
+    layer_decay = cfg.pop("layer_decay", None)
     if cfg:
         raise KeyError(f"unknown optimizer keys {sorted(cfg)}; valid: name, lr, weight_decay, no_decay, clip_norm, "
-                       "b1, b2, eps, momentum, mu_dtype, lr_multipliers")
+                       "b1, b2, eps, momentum, mu_dtype, lr_multipliers, layer_decay")
 
     decay_mask = lambda params: path_mask(params, no_decay, match_value=False)  # noqa: E731
     if name == "adamw":
@@ -67,6 +70,13 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.Gra
         raise KeyError(f"unknown optimizer {name!r}; valid: adamw, adam, lamb, sgd, adafactor")
     if multipliers:
         opt = optax.chain(opt, lr_multipliers(multipliers))
+    if layer_decay:
+        layer_decay = dict(layer_decay)
+        missing = {"decay", "num_layers"} - set(layer_decay)
+        if missing:
+            raise KeyError(f"optimizer.layer_decay needs {sorted(missing)} (e.g. decay=0.65, num_layers=12)")
+        opt = optax.chain(opt, layerwise_lr_decay(float(layer_decay.pop("decay")),
+                                                  int(layer_decay.pop("num_layers")), **layer_decay))
     if clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(float(clip_norm)), opt)
     return opt, schedule

@@ -37,8 +37,9 @@ def base_config() -> ConfigDict:
     c.gradient_combiner = ConfigDict(dict(name="sum"))  # or gradient_masking (vlfm.optim.combine)
     c.teachers = ConfigDict()  # name -> config/model + params/hf (vlfm.train.teachers)
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
+    # lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,
-                                  clip_norm=1.0))
+                                  clip_norm=1.0, lr_multipliers=None, layer_decay=None))
     c.mesh = ConfigDict(dict(shape=(-1, 1, 1), rules=()))
     c.evals = ConfigDict()
     c.log_every = 50
