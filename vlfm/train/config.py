@@ -36,6 +36,8 @@ def base_config() -> ConfigDict:
     c.schedule = "round_robin"  # round_robin, uniform, weighted, accumulate, stages
     c.gradient_combiner = ConfigDict(dict(name="sum"))  # or gradient_masking (vlfm.optim.combine)
     c.teachers = ConfigDict()  # name -> config/model + params/hf (vlfm.train.teachers)
+    # Fine-tuning: start from another run's params (vlfm.train.init_from); one of params/checkpoint/hf.
+    c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, skip=(), rename=(), grow_rows=()))
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
     # lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,

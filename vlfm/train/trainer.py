@@ -30,6 +30,7 @@ from vlfm.train import flops as flops_lib
 from vlfm.train.checkpoint import Checkpointer, export_params
 from vlfm.train.config import check_keys
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
+from vlfm.train.init_from import SOURCES, init_params_from
 from vlfm.train.metrics_writer import MetricWriter, format_duration
 from vlfm.train.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
 from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
@@ -124,6 +125,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             if checkpointer.latest_step() is not None:
                 state, _ = checkpointer.restore(abstract, data_iterator=data_it)
                 log.info("resumed from step %d in %s", int(state["step"]), workdir)
+            elif any(config.init_from.get(k) for k in SOURCES):
+                state["params"] = init_params_from(config.init_from, state["params"])
+                # Optimizer state that depends on the parameters (e.g. magnitude masks) follows the loaded ones.
+                state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])
+                if "ema" in state:
+                    state["ema"] = jax.tree.map(lambda p, e: p.astype(e.dtype), state["params"], state["ema"])
             start_step = int(jax.device_get(state["step"]))
             evaluators = build_evaluators(config, make_predict_fns(model))
             task_flops = {t.name: _task_flops(config, t) for t in tasks}

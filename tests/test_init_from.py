@@ -1,0 +1,81 @@
+"""Fine-tuning starts: ``config.init_from`` loads matching parameters, keeps new ones fresh, grows
+embedding rows, renames paths, and names every shape mismatch."""
+
+import numpy as np
+import pytest
+
+from tests.helpers import SMALL_CLIP, run_trainer
+from vlfm.train.checkpoint import load_params
+from vlfm.train.init_from import init_params_from, merge_params
+
+
+def _target():
+    return {"encoder": {"w": np.zeros((2, 3), np.float32)}, "type_embed": {"embedding": np.zeros((3, 2), np.float32)},
+            "vqa_head": {"kernel": np.full((3, 4), 7.0, np.float32)}}
+
+
+def _source():
+    return {"encoder": {"w": np.arange(6, dtype=np.float64).reshape(2, 3)},
+            "type_embed": {"embedding": np.array([[1.0, 2.0], [3.0, 4.0]])},
+            "mlm_head": {"kernel": np.ones((3, 5))}}
+
+
+def test_matching_paths_load_new_ones_stay_fresh_and_rows_grow():
+    params, report = merge_params(_target(), _source(), grow_rows=[r"type_embed/.*"])
+    np.testing.assert_array_equal(params["encoder"]["w"], np.arange(6).reshape(2, 3))
+    assert params["encoder"]["w"].dtype == np.float32  # the model's dtype, not the source's
+    np.testing.assert_array_equal(params["type_embed"]["embedding"], [[1, 2], [3, 4], [3, 4]])  # last row repeated
+    np.testing.assert_array_equal(params["vqa_head"]["kernel"], 7.0)  # not in the source: fresh
+    assert report == {"loaded": ["encoder/w", "type_embed/embedding"], "fresh": ["vqa_head/kernel"],
+                      "unused": ["mlm_head/kernel"]}
+
+
+def test_shape_mismatch_names_the_parameter_unless_skipped():
+    with pytest.raises(ValueError, match=r"type_embed/embedding: source \(2, 2\), model \(3, 2\)"):
+        merge_params(_target(), _source())
+    params, report = merge_params(_target(), _source(), skip=[r"type_embed/.*"])
+    np.testing.assert_array_equal(params["type_embed"]["embedding"], 0.0)
+    assert "type_embed/embedding" in report["fresh"]
+
+
+def test_rename_maps_source_paths_and_no_match_is_an_error():
+    source = {"image": {"encoder": {"w": np.ones((2, 3))}}}
+    params, report = merge_params(_target(), source, rename=[(r"^image/encoder/", "encoder/")])
+    np.testing.assert_array_equal(params["encoder"]["w"], 1.0) and report["loaded"] == ["encoder/w"]
+    with pytest.raises(ValueError, match="no parameter path of the source matches"):
+        merge_params(_target(), source)
+
+
+def test_config_errors_are_named(tmp_path):
+    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf"):
+        init_params_from({"parms": "x"}, _target())
+    with pytest.raises(KeyError, match="exactly one of params, checkpoint, hf"):
+        init_params_from({"params": None, "skip": ()}, _target())
+    with pytest.raises(FileNotFoundError, match="no directory"):
+        init_params_from({"params": str(tmp_path / "missing")}, _target())
+
+
+@pytest.mark.slow
+def test_trainer_starts_from_another_runs_params(tmp_path):
+    """Run B starts from run A's export: with a zero learning rate its params are A's exactly, except
+    the one it is told to keep fresh."""
+    common = ["--config", "configs/clip_tiny.py", *SMALL_CLIP, "--config.evals.retrieval.every=0",
+              "--config.evals.zeroshot.every=0", "--config.checkpoint_every=1000"]
+    out = run_trainer([*common, "--workdir", str(tmp_path / "a"), "--config.total_steps=3"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_trainer([*common, "--workdir", str(tmp_path / "b"), "--config.total_steps=1", "--config.seed=5",
+                       "--config.optimizer.lr.peak=0.0", f"--config.init_from.params={tmp_path / 'a' / 'params'}",
+                       "--config.init_from.skip=('logit_scale',)"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "init_from" in out.stdout and "fresh: logit_scale" in out.stdout, out.stdout[-3000:]
+    a, b = load_params(str(tmp_path / "a" / "params")), load_params(str(tmp_path / "b" / "params"))
+    flat_a = {k: v for k, v in _flat(a).items() if k != "logit_scale"}
+    flat_b = _flat(b)
+    assert flat_a and all(np.array_equal(v, flat_b[k]) for k, v in flat_a.items())
+    assert not np.array_equal(_flat(a)["logit_scale"], flat_b["logit_scale"])  # kept fresh: A trained it
+
+
+def _flat(tree):
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree, sep="/")
