@@ -45,6 +45,9 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
+# Fusion-model checkpoints, converted by vlfm.convert.hf_fusion (load_hf dispatches to it).
+FUSION_MODEL_TYPES = ("vilt", "bridgetower")
+
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -349,6 +352,7 @@ def _require(where: str, fields: Mapping[str, Any], **expected: Any) -> None:
 def _hf_bert_config(t: Mapping[str, Any]) -> dict:
     if not t["type_vocab_size"]:
         raise ValueError("HF BERT needs token-type embeddings (type_vocab_size > 0)")
+    _require("bert", t, pos_offset=0)  # RoBERTa-style positions have no HF BertModel equivalent
     if t["mlm_head"] and t["pooler"]:
         raise ValueError("HF BertForMaskedLM has no pooler: export a BERT with mlm_head and pooler=False")
     return dict(model_type="bert", architectures=["BertForMaskedLM" if t["mlm_head"] else "BertModel"],
@@ -550,24 +554,15 @@ def _drop_duplicates(kind: str, model_config: Mapping[str, Any], tensors: dict[s
             del tensors[dup]
 
 
-def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
-    """Reads an HF checkpoint directory into ``(vlfm model config, params)``.
+def map_tensors(tensors: Mapping[str, np.ndarray], rows: Iterable[tuple[str, str, str]],
+                shapes: Mapping[str, tuple[int, ...]], where: str) -> dict[str, np.ndarray]:
+    """Fills the vlfm params ``shapes`` (flat, unscanned paths) from HF ``tensors`` through ``rows``.
 
-    ``scan`` picks the parameter layout (stacked ``encoder/layers`` or per-layer ``encoder/layer_{i}``)
-    and is stored in the returned towers' configs. Params are float32 numpy arrays.
+    Rows whose vlfm path the model lacks are skipped (optional biases, poolers, heads); a missing HF
+    tensor, an unfilled vlfm param or an unused HF tensor raises, naming them, with ``where``.
     """
-    with open(os.path.join(path, CONFIG_NAME)) as f:
-        hf_config = json.load(f)
-    tensors = {k: v for k, v in _read_tensors(path).items() if not k.endswith(BUFFER_SUFFIXES)}
-    model_config = hf_to_vlfm_config(hf_config, tensors, scan=scan)
-    kind = hf_config["model_type"]
-    # Optional prefixes: BertForMaskedLM / ViTForImageClassification nest the encoder; CLIPTextModel and
-    # CLIPVisionModel have "text_model." / "vision_model." on the Hub but none when transformers 5 saves them.
-    prefix = _key_prefix(set(tensors), kind)
-    _drop_duplicates(kind, model_config, tensors)
-    shapes = _abstract_params(model_config)
     flat, missing, used = {}, [], set()
-    for hf_key, vl_path, conv in _rows(kind, model_config, prefix):
+    for hf_key, vl_path, conv in rows:
         if vl_path not in shapes:
             continue  # an optional part this model does not have (bias, pooler, head)
         if hf_key not in tensors:
@@ -582,10 +577,33 @@ def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     unfilled = set(shapes) - set(flat)
     leftover = set(tensors) - used
     if missing or unfilled or leftover:
-        raise ValueError(f"checkpoint {path} does not match the {kind} layout:"
+        raise ValueError(f"{where}:"
                          f"\n  missing HF tensors: {_list(missing) or '-'}"
                          f"\n  unfilled vlfm params: {_list(unfilled) or '-'}"
                          f"\n  unused HF tensors: {_list(leftover) or '-'}")
+    return flat
+
+
+def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
+    """Reads an HF checkpoint directory into ``(vlfm model config, params)``.
+
+    ``scan`` picks the parameter layout (stacked ``encoder/layers`` or per-layer ``encoder/layer_{i}``)
+    and is stored in the returned towers' configs. Params are float32 numpy arrays.
+    """
+    with open(os.path.join(path, CONFIG_NAME)) as f:
+        hf_config = json.load(f)
+    if hf_config.get("model_type") in FUSION_MODEL_TYPES:  # ViLT, BridgeTower: vlfm.convert.hf_fusion
+        from vlfm.convert import hf_fusion
+        return hf_fusion.load_hf_fusion(path, scan=scan)
+    tensors = {k: v for k, v in _read_tensors(path).items() if not k.endswith(BUFFER_SUFFIXES)}
+    model_config = hf_to_vlfm_config(hf_config, tensors, scan=scan)
+    kind = hf_config["model_type"]
+    # Optional prefixes: BertForMaskedLM / ViTForImageClassification nest the encoder; CLIPTextModel and
+    # CLIPVisionModel have "text_model." / "vision_model." on the Hub but none when transformers 5 saves them.
+    prefix = _key_prefix(set(tensors), kind)
+    _drop_duplicates(kind, model_config, tensors)
+    flat = map_tensors(tensors, _rows(kind, model_config, prefix), _abstract_params(model_config),
+                       f"checkpoint {path} does not match the {kind} layout")
     if kind == "clip":
         # HF does not clamp the temperature; vlfm does, so never clamp below the loaded value.
         model_config["max_logit_scale"] = max(math.log(100.0), float(flat["logit_scale"]))

@@ -1,6 +1,7 @@
 """Pluggable losses, chosen by name in ``config.losses``."""
 
 from vlfm.losses import classification, contrastive, distillation  # noqa: F401  (registers the losses)
+from vlfm.losses import itm, vqa, wpa  # noqa: F401  (registers the fusion-model losses)
 from vlfm.losses.registry import LOSSES, combined_loss
 
 __all__ = ["LOSSES", "combined_loss"]

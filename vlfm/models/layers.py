@@ -305,6 +305,12 @@ class TransformerBlock(nn.Module):
 
     pre-LN:  x += drop_path(ls1 * attn(ln1(x)));  x += drop_path(ls2 * mlp(ln2(x)))
     post-LN: x = ln1(x + attn(x));                 x = ln2(x + mlp(x))
+
+    ``cross_attention`` adds a sublayer between the two that attends to ``context`` (another sequence):
+    pre-LN ``x += cross_attn(ln_cross(x), context)``, post-LN ``x = ln_cross(x + cross_attn(x, context))``
+    (the post-LN form is BERT's cross layer, used by METER and BridgeTower). Padding of ``x`` is given
+    by ``kv_lengths`` (right padding) or a boolean ``key_mask [B, T]``; padding of ``context`` by
+    ``context_mask [B, S]``.
     """
 
     num_heads: int
@@ -318,6 +324,7 @@ class TransformerBlock(nn.Module):
     dropout_rate: float = 0.0
     attn_dropout_rate: float = 0.0
     causal: bool = False
+    cross_attention: bool = False
     implementation: str = "xla"
     init_std: float | None = None
     deterministic: bool = True
@@ -325,15 +332,21 @@ class TransformerBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, drop_path_rate: Array | float = 0.0, kv_lengths: Array | None = None) -> Array:
+    def __call__(self, x: Array, drop_path_rate: Array | float = 0.0, kv_lengths: Array | None = None,
+                 key_mask: Array | None = None, context: Array | None = None,
+                 context_mask: Array | None = None) -> Array:
         if self.norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {self.norm!r}")
+        if self.cross_attention != (context is not None):
+            raise ValueError("a block with cross_attention needs a context, and only such a block takes one")
         det = self.deterministic
         x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
         ln = functools.partial(layer_norm, self.ln_eps, self.dtype, self.param_dtype)
-        attn = Attention(self.num_heads, self.head_dim, qkv_bias=self.qkv_bias, dropout_rate=self.attn_dropout_rate,
-                         implementation=self.implementation, init_std=self.init_std, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="attn")
+        attention = functools.partial(Attention, self.num_heads, self.head_dim, qkv_bias=self.qkv_bias,
+                                      dropout_rate=self.attn_dropout_rate, implementation=self.implementation,
+                                      init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = attention(name="attn")
+        self_mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
         mlp = Mlp(self.mlp_dim, self.act, self.dropout_rate, self.init_std, self.dtype, self.param_dtype, name="mlp")
         dropout = nn.Dropout(self.dropout_rate)
 
@@ -344,14 +357,22 @@ class TransformerBlock(nn.Module):
                                (h.shape[-1],), self.param_dtype)
             return h * gamma.astype(h.dtype)
 
+        def cross(q):
+            mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
+            return attention(name="cross_attn")(q, context, mask=mask, deterministic=det)
+
         if self.norm == "pre":
-            h = attn(ln(name="ln1")(x), kv_lengths=kv_lengths, causal=self.causal, deterministic=det)
+            h = attn(ln(name="ln1")(x), kv_lengths=kv_lengths, mask=self_mask, causal=self.causal, deterministic=det)
             x = x + drop_path(self, dropout(scaled(h, "ls1"), deterministic=det), drop_path_rate, det)
+            if self.cross_attention:
+                x = x + dropout(cross(ln(name="ln_cross")(x)), deterministic=det)
             h = mlp(ln(name="ln2")(x), deterministic=det)
             x = x + drop_path(self, dropout(scaled(h, "ls2"), deterministic=det), drop_path_rate, det)
         else:
-            h = attn(x, kv_lengths=kv_lengths, causal=self.causal, deterministic=det)
+            h = attn(x, kv_lengths=kv_lengths, mask=self_mask, causal=self.causal, deterministic=det)
             x = ln(name="ln1")(x + dropout(h, deterministic=det))
+            if self.cross_attention:
+                x = ln(name="ln_cross")(x + dropout(cross(x), deterministic=det))
             h = mlp(x, deterministic=det)
             x = ln(name="ln2")(x + dropout(h, deterministic=det))
         return nn.with_logical_constraint(x.astype(self.dtype), ("batch", "seq", "embed"))
@@ -362,8 +383,8 @@ class _ScanBlock(TransformerBlock):
 
     collect: bool = False
 
-    def __call__(self, x, drop_path_rate, kv_lengths):  # type: ignore[override]
-        y = super().__call__(x, drop_path_rate, kv_lengths)
+    def __call__(self, x, drop_path_rate, kv_lengths, key_mask=None):  # type: ignore[override]
+        y = super().__call__(x, drop_path_rate, kv_lengths, key_mask)
         return y, (y if self.collect else None)
 
 
@@ -373,6 +394,7 @@ class Encoder(nn.Module):
     With ``scan`` the parameters carry a leading ``layers`` axis. ``remat`` names a checkpoint policy
     (``none``, ``full``, ``dots``, ``dots_no_batch``, ``save_proj``). Drop-path rates rise linearly
     from 0 to ``drop_path_rate`` over depth. ``collect_hidden`` also returns every layer's output.
+    Padding is ``kv_lengths`` (right padding) or a boolean ``key_mask [B, T]`` (any pattern).
     """
 
     depth: int
@@ -383,7 +405,8 @@ class Encoder(nn.Module):
     collect_hidden: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, *, kv_lengths: Array | None = None, train: bool = False):
+    def __call__(self, x: Array, *, kv_lengths: Array | None = None, key_mask: Array | None = None,
+                 train: bool = False):
         rates = np.linspace(0.0, self.drop_path_rate, self.depth).astype(np.float32) if self.depth > 1 else \
             np.zeros((self.depth,), np.float32)
         kwargs = dict(self.block, deterministic=not train)
@@ -395,16 +418,17 @@ class Encoder(nn.Module):
             if self.remat != "none":
                 cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
             stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                            in_axes=(0, nn.broadcast), length=self.depth,
+                            in_axes=(0, nn.broadcast, nn.broadcast), length=self.depth,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, hidden = stack(collect=self.collect_hidden, name="layers", **kwargs)(x, jnp.asarray(rates), kv_lengths)
+            x, hidden = stack(collect=self.collect_hidden, name="layers", **kwargs)(x, jnp.asarray(rates), kv_lengths,
+                                                                                   key_mask)
             return (x, hidden) if self.collect_hidden else x
         cls = TransformerBlock
         if self.remat != "none":
             cls = nn.remat(cls, policy=REMAT_POLICIES[self.remat])
         hidden = []
         for i in range(self.depth):
-            x = cls(name=f"layer_{i}", **kwargs)(x, float(rates[i]), kv_lengths)
+            x = cls(name=f"layer_{i}", **kwargs)(x, float(rates[i]), kv_lengths, key_mask)
             hidden.append(x)
         return (x, jnp.stack(hidden)) if self.collect_hidden else x
 

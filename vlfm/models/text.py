@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from vlfm.models import layers
+from vlfm.models import heads, layers
 from vlfm.models.tower_base import TransformerTower, run_encoder
 from vlfm.models.towers import TOWERS
 
@@ -35,6 +35,35 @@ def pool_tokens(tokens: jax.Array, ids: jax.Array, mask: jax.Array | None, how: 
         m = jnp.ones(ids.shape, tokens.dtype) if mask is None else mask.astype(tokens.dtype)
         return (tokens * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
     raise ValueError(f"unknown text pool {how!r}; valid: eos, argmax, first, last, mean")
+
+
+def bert_embeddings(module: nn.Module, ids: jax.Array, type_ids: jax.Array | None, *,
+                    train: bool) -> tuple[jax.Array, layers.TokenEmbed]:
+    """BERT's input embeddings (word + position + token type, LayerNorm, dropout), created in ``module``.
+
+    ``module`` supplies the fields ``vocab_size, width, max_len, type_vocab_size, pos_offset, ln_eps,
+    dropout_rate, init_std`` and ``dtypes``; its parameters are ``token_embed``, ``pos_embed``,
+    ``type_embed`` and ``ln_embed``. ``pos_offset`` shifts the positions (RoBERTa starts at 2).
+    Returns the embeddings and the word-embedding module (for a tied MLM decoder).
+    """
+    dtype, pdtype = module.dtypes
+    if ids.shape[1] + module.pos_offset > module.max_len:
+        raise ValueError(f"text length {ids.shape[1]} (+ position offset {module.pos_offset}) exceeds max_len "
+                         f"{module.max_len}")
+    std = module.init_std if module.init_std is not None else 0.02
+    embed = layers.TokenEmbed(module.vocab_size, module.width, init_std=std, dtype=dtype, param_dtype=pdtype,
+                              name="token_embed")
+    x = embed(ids)
+    pos = layers.PosEmbed(module.max_len, module.width, std, param_dtype=pdtype, name="pos_embed")()
+    x = x + pos[module.pos_offset: module.pos_offset + ids.shape[1]].astype(dtype)[None]
+    if module.type_vocab_size:
+        types = layers.PosEmbed(module.type_vocab_size, module.width, std, axis_name="types", param_dtype=pdtype,
+                                name="type_embed")()
+        type_ids = jnp.zeros_like(ids) if type_ids is None else type_ids
+        x = x + jnp.take(types, type_ids, axis=0).astype(dtype)
+    x = layers.layer_norm(module.ln_eps, dtype, pdtype, name="ln_embed")(x)
+    x = nn.Dropout(module.dropout_rate)(x, deterministic=not train)
+    return nn.with_logical_constraint(x, ("batch", "seq", "embed")), embed
 
 
 @TOWERS.register("text_transformer")
@@ -76,11 +105,14 @@ class Bert(TransformerTower):
 
     ``pooler`` is BERT's tanh(dense(CLS)); ``mlm_head`` adds the transform (dense, GELU, LN) and a
     decoder, tied to the word embeddings like HF ``BertForMaskedLM`` or untied (ViLT, VLMo, BridgeTower).
+    ``pos_offset`` is where positions start in the table (0 for BERT, 2 for RoBERTa, whose first two
+    rows are unused).
     """
 
     vocab_size: int = 30522
     max_len: int = 512
     type_vocab_size: int = 2
+    pos_offset: int = 0
     ln_eps: float = 1e-12
     dropout_rate: float = 0.1
     attn_dropout_rate: float = 0.1
@@ -93,41 +125,17 @@ class Bert(TransformerTower):
     def __call__(self, ids: jax.Array, mask: jax.Array | None = None, type_ids: jax.Array | None = None, *,
                  train: bool = False) -> dict:
         dtype, pdtype = self.dtypes
-        if ids.shape[1] > self.max_len:
-            raise ValueError(f"text length {ids.shape[1]} exceeds max_len {self.max_len}")
-        std = self.init_std if self.init_std is not None else 0.02
-        embed = layers.TokenEmbed(self.vocab_size, self.width, init_std=std, dtype=dtype, param_dtype=pdtype,
-                                  name="token_embed")
-        x = embed(ids)
-        x = x + layers.PosEmbed(self.max_len, self.width, std, param_dtype=pdtype,
-                                name="pos_embed")()[: ids.shape[1]].astype(dtype)[None]
-        if self.type_vocab_size:
-            types = layers.PosEmbed(self.type_vocab_size, self.width, std, axis_name="types", param_dtype=pdtype,
-                                    name="type_embed")()
-            type_ids = jnp.zeros_like(ids) if type_ids is None else type_ids
-            x = x + jnp.take(types, type_ids, axis=0).astype(dtype)
-        x = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_embed")(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        x, embed = bert_embeddings(self, ids, type_ids, train=train)
         # Padding is taken as lengths (right padding, as every vlfm tokenizer produces).
         kv_lengths = None if mask is None else mask.sum(-1).astype(jnp.int32)
         out, outputs = run_encoder(self, x, norm="post", kv_lengths=kv_lengths, train=train)
         outputs["tokens"] = out
         outputs["pooled"] = out[:, 0]
         if self.pooler:
-            outputs["pooled"] = jnp.tanh(layers.Proj((self.width,), ("embed", "proj"), init_std=self.init_std,
-                                                     dtype=dtype, param_dtype=pdtype, name="pooler")(out[:, 0]))
+            outputs["pooled"] = heads.tanh_pooler(out, "pooler", init_std=self.init_std, dtype=dtype,
+                                                  param_dtype=pdtype)
         if self.mlm_head:
-            h = layers.Proj((self.width,), ("embed", "proj"), init_std=self.init_std, dtype=dtype, param_dtype=pdtype,
-                            name="mlm_transform")(out)
-            h = layers.activation(self.act)(h)
-            h = layers.layer_norm(self.ln_eps, dtype, pdtype, name="mlm_ln")(h)
-            if self.tie_mlm_decoder:
-                logits = embed.attend(h)
-            else:
-                logits = layers.Proj((self.vocab_size,), ("embed", "vocab"), use_bias=False, init_std=self.init_std,
-                                     dtype=dtype, param_dtype=pdtype, name="mlm_decoder")(h)
-            bias = self.param("mlm_bias", layers.logical(nn.initializers.zeros, ("vocab",)), (self.vocab_size,),
-                              pdtype)
-            outputs["mlm_logits"] = (logits + bias.astype(logits.dtype)).astype(jnp.float32)
+            outputs["mlm_logits"] = heads.mlm_logits(
+                self, out, vocab_size=self.vocab_size, act=self.act, ln_eps=self.ln_eps, init_std=self.init_std,
+                tied_embed=embed if self.tie_mlm_decoder else None, dtype=dtype, param_dtype=pdtype)
         return outputs

@@ -38,12 +38,14 @@ class TransformerTower(nn.Module):
 
 
 def run_encoder(tower: TransformerTower, x: jax.Array, *, norm: str, causal: bool = False,
-                kv_lengths: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, dict]:
+                kv_lengths: jax.Array | None = None, key_mask: jax.Array | None = None,
+                train: bool = False) -> tuple[jax.Array, dict]:
     """Runs the tower's layer stack (named ``encoder``) from inside its compact ``__call__``.
 
-    Returns the last layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``.
+    Padding is ``kv_lengths`` (right padding) or a boolean ``key_mask [B, T]``. Returns the last
+    layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``.
     """
-    out = encoder_module(tower, norm=norm, causal=causal)(x, kv_lengths=kv_lengths, train=train)
+    out = encoder_module(tower, norm=norm, causal=causal)(x, kv_lengths=kv_lengths, key_mask=key_mask, train=train)
     if tower.collect_hidden:
         out, hidden = out
         return out, {"hidden": hidden}

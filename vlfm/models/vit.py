@@ -37,13 +37,45 @@ def variant(name: str) -> dict:
     return out
 
 
+def patch_embeddings(module: nn.Module, images: jax.Array, *, train: bool) -> tuple[jax.Array, int]:
+    """ViT input tokens (patches, optional class token, positions, dropout, optional ``ln_pre``),
+    created in ``module``.
+
+    ``module`` supplies ``patch_size, width, patch_bias, init_std, class_token, pos_embedding,
+    dropout_rate, pre_norm, ln_eps`` and ``dtypes``; its parameters are ``patch_embed``, ``cls``,
+    ``pos_embed`` and ``ln_pre``. Returns the tokens and the number of prefix (class) tokens.
+    """
+    dtype, pdtype = module.dtypes
+    x, (gh, gw) = layers.PatchEmbed(module.patch_size, module.width, use_bias=module.patch_bias,
+                                    init_std=module.init_std, dtype=dtype, param_dtype=pdtype,
+                                    name="patch_embed")(images)
+    b = x.shape[0]
+    n_prefix = 1 if module.class_token else 0
+    if module.class_token:
+        cls = module.param("cls", layers.logical(nn.initializers.zeros, ("embed",)), (module.width,), pdtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, module.width)), x], axis=1)
+    if module.pos_embedding == "learned":
+        pos = layers.PosEmbed(x.shape[1], module.width, param_dtype=pdtype, name="pos_embed")()
+        x = x + pos.astype(dtype)[None]
+    elif module.pos_embedding == "sincos2d":
+        pos = jnp.asarray(layers.sincos_2d(gh, gw, module.width), dtype)
+        x = x.at[:, n_prefix:].add(pos[None])
+    elif module.pos_embedding != "none":
+        raise ValueError(f"unknown pos_embedding {module.pos_embedding!r}; valid: learned, sincos2d, none")
+    x = nn.Dropout(module.dropout_rate)(x, deterministic=not train)
+    if module.pre_norm:
+        x = layers.layer_norm(module.ln_eps, dtype, pdtype, name="ln_pre")(x)
+    return nn.with_logical_constraint(x, ("batch", "seq", "embed")), n_prefix
+
+
 @TOWERS.register("vit")
 class VisionTransformer(TransformerTower):
     """Images ``[B, H, W, 3]`` -> ``{"tokens", "pooled", "logits"?}``.
 
     ``pool``: ``cls`` (class token), ``gap`` (mean of patch tokens), ``map`` (attention pooling) or
     ``none``. ``pooler="dense_tanh"`` adds BERT/HF-ViT's tanh pooler on the pooled vector.
-    ``num_classes > 0`` adds a (zero-initialised) linear classifier.
+    ``num_classes > 0`` adds a (zero-initialised) linear classifier. ``norm_hidden`` applies the final
+    LayerNorm to every collected layer output too (BridgeTower's shared ``ln_post``).
     """
 
     image_size: int = 224
@@ -56,33 +88,21 @@ class VisionTransformer(TransformerTower):
     final_norm: bool = True
     pooler: str = "none"
     num_classes: int = 0
+    norm_hidden: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict:
         dtype, pdtype = self.dtypes
-        x, (gh, gw) = layers.PatchEmbed(self.patch_size, self.width, use_bias=self.patch_bias, init_std=self.init_std,
-                                        dtype=dtype, param_dtype=pdtype, name="patch_embed")(images)
-        b = x.shape[0]
-        n_prefix = 1 if self.class_token else 0
-        if self.class_token:
-            cls = self.param("cls", layers.logical(nn.initializers.zeros, ("embed",)), (self.width,), pdtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, self.width)), x], axis=1)
-        if self.pos_embedding == "learned":
-            pos = layers.PosEmbed(x.shape[1], self.width, param_dtype=pdtype, name="pos_embed")()
-            x = x + pos.astype(dtype)[None]
-        elif self.pos_embedding == "sincos2d":
-            pos = jnp.asarray(layers.sincos_2d(gh, gw, self.width), dtype)
-            x = x.at[:, n_prefix:].add(pos[None])
-        elif self.pos_embedding != "none":
-            raise ValueError(f"unknown pos_embedding {self.pos_embedding!r}; valid: learned, sincos2d, none")
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        if self.pre_norm:
-            x = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_pre")(x)
-        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        if self.norm_hidden and not (self.collect_hidden and self.final_norm):
+            raise ValueError("norm_hidden needs collect_hidden=True and final_norm=True")
+        x, n_prefix = patch_embeddings(self, images, train=train)
         out, outputs = run_encoder(self, x, norm="pre", train=train)
         outputs["encoded"] = out
         if self.final_norm:
-            out = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")(out)
+            ln_final = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")
+            out = ln_final(out)
+            if self.norm_hidden:
+                outputs["hidden"] = ln_final(outputs["hidden"])
         outputs["tokens"] = out
         if self.pool == "cls":
             if not self.class_token:

@@ -1,0 +1,173 @@
+"""Evaluators for fusion models: VQA accuracy, masked-token accuracy with the image, ITM accuracy and
+image-text retrieval by ITM re-ranking of a dual encoder's top-k.
+
+NLVR2 and visual entailment are classifications of the model's ``logits``: the ``classification``
+evaluator scores them (its batches carry every input key, ``image2`` included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from vlfm.data.pipeline import batches, build_dataset, eval_arrays
+from vlfm.evaluators.registry import EVALUATORS
+from vlfm.evaluators.retrieval import recall_at_k
+
+
+def _predict_all(fn: Callable, params: Any, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+    n = len(next(iter(arrays.values())))
+    return np.concatenate([np.asarray(fn(params, b), np.float32) for b in batches(arrays, batch_size)])[:n]
+
+
+@EVALUATORS.register("vqa")
+class VqaEvaluator:
+    """VQA accuracy (the soft score of the predicted answer, VQAv2's metric) of ``vqa_logits`` on a
+    held-out split with ``vqa_targets``; also the accuracy of always answering the most common
+    answer (a prior baseline)."""
+
+    def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
+                 num_examples: int | None = None, batch_size: int = 256):
+        self.predict = predict_fns["vqa_logits"]
+        arrays = eval_arrays(build_dataset(data, split), num_examples)
+        self.targets = arrays.pop("vqa_targets")
+        self.inputs = {k: v for k, v in arrays.items() if k in ("image", "text", "text_mask")}
+        self.batch_size = batch_size
+
+    def run(self, params: Any) -> Iterator[tuple[str, float]]:
+        logits = _predict_all(self.predict, params, self.inputs, self.batch_size)
+        rows = np.arange(len(logits))
+        yield "accuracy", float(self.targets[rows, np.argmax(logits, -1)].mean())
+        yield "prior_baseline", float(self.targets[:, np.argmax(self.targets.sum(0))].mean())
+
+
+@EVALUATORS.register("vl_mlm_accuracy")
+class VlMaskedTokenEvaluator:
+    """Accuracy of ``mlm_logits`` on the masked tokens of held-out pairs (``mlm_text`` with the
+    image, as the fusion models' MLM pass sees them), masked once with a fixed seed per example.
+    ``unigram_baseline``: always predicting the most frequent masked token."""
+
+    def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
+                 num_examples: int | None = None, batch_size: int = 256):
+        self.predict = predict_fns["mlm_logits"]
+        arrays = eval_arrays(build_dataset(data, split), num_examples)
+        if "mlm_targets" not in arrays:
+            raise ValueError("vl_mlm_accuracy needs data with mlm_text / mlm_targets (e.g. shapes_vl, mlm_prob > 0)")
+        self.targets = arrays["mlm_targets"]
+        # The MLM pass reads mlm_text; "text" is kept too since the model encodes it for its other heads.
+        self.inputs = {k: arrays[k] for k in ("image", "text", "text_mask", "mlm_text")}
+        self.batch_size = batch_size
+        _, counts = np.unique(self.targets[self.targets >= 0], return_counts=True)
+        self.unigram = float(counts.max() / counts.sum()) if len(counts) else 0.0
+
+    def run(self, params: Any) -> Iterator[tuple[str, float]]:
+        logits = _predict_all(self.predict, params, self.inputs, self.batch_size)
+        valid = self.targets >= 0
+        yield "accuracy", float(np.mean(np.argmax(logits, -1)[valid] == self.targets[valid]))
+        yield "unigram_baseline", self.unigram
+
+
+@EVALUATORS.register("itm_accuracy")
+class ItmEvaluator:
+    """ITM accuracy on held-out pairs: each pair once with its own image (match) and once with the
+    image of a row ``shift`` away (no match); a pair counts as right when ``itm_score`` is positive
+    for the match and negative for the mismatch. Also reports the match-vs-mismatch ranking accuracy."""
+
+    def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
+                 num_examples: int | None = None, batch_size: int = 256, shift: int = 1):
+        self.predict = predict_fns["itm_score"]
+        arrays = eval_arrays(build_dataset(data, split), num_examples)
+        self.pos = {k: arrays[k] for k in ("image", "text", "text_mask")}
+        self.neg = dict(self.pos, image=np.roll(arrays["image"], shift, axis=0))
+        self.batch_size = batch_size
+
+    def run(self, params: Any) -> Iterator[tuple[str, float]]:
+        pos = _predict_all(self.predict, params, self.pos, self.batch_size)
+        neg = _predict_all(self.predict, params, self.neg, self.batch_size)
+        yield "accuracy", float(0.5 * (np.mean(pos > 0) + np.mean(neg < 0)))
+        yield "ranking_accuracy", float(np.mean(pos > neg))
+
+
+def _external_dual_encoder(cfg: Mapping[str, Any]) -> tuple[Callable, Callable, Any]:
+    """``encode_image``/``encode_text`` fns and params of a separately trained dual encoder:
+    ``{"model": <model config, or a JSON file of one>, "workdir": <its run> | "params": <params export>}``."""
+    from vlfm.models import build_model
+    from vlfm.train.checkpoint import load_params
+
+    model_cfg = cfg["model"]
+    if isinstance(model_cfg, str):
+        with open(model_cfg) as f:
+            model_cfg = json.load(f)
+    path = cfg.get("params") or os.path.join(cfg["workdir"], "params")
+    model = build_model(model_cfg)
+    params = load_params(path)
+    image = jax.jit(lambda p, b: model.apply({"params": p}, b["image"], method=type(model).encode_image))
+    text = jax.jit(lambda p, b: model.apply({"params": p}, b["text"], b.get("text_mask"),
+                                            method=type(model).encode_text))
+    return image, text, params
+
+
+@EVALUATORS.register("itm_rerank_retrieval")
+class ItmRerankRetrievalEvaluator:
+    """Image-text retrieval (R@1/5/10 both ways) by a dual encoder, then with its top ``k``
+    candidates re-ranked by the fusion model's ``itm_score`` (``combine="itm"``, ALBEF) or by ITM score
+    plus the dual encoder's cosine similarity (``combine="sum"``, BLIP).
+
+    The dual encoder is the model's own contrastive half (``encode_image``/``encode_text`` predict
+    fns) or, with ``dual_encoder={"model": <config or JSON path>, "workdir" | "params": ...}``, a
+    separately trained one (e.g. ``configs/clip_tiny.py``'s run). Candidates outside the top ``k``
+    keep the dual encoder's order after the re-ranked ones. Reports ``dual_*`` (dual encoder alone)
+    and the re-ranked ``i2t_r1`` ...
+    """
+
+    def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
+                 num_examples: int | None = None, batch_size: int = 256, k: int = 10,
+                 dual_encoder: Mapping[str, Any] | None = None, combine: str = "itm"):
+        if combine not in ("itm", "sum"):
+            raise ValueError(f"unknown combine {combine!r}; valid: itm (ALBEF), sum (BLIP: ITM + similarity)")
+        self.itm_score, self.combine = predict_fns["itm_score"], combine
+        if dual_encoder is not None:
+            self.encode_image, self.encode_text, self.dual_params = _external_dual_encoder(dual_encoder)
+        else:
+            self.encode_image, self.encode_text, self.dual_params = (predict_fns["encode_image"],
+                                                                     predict_fns["encode_text"], None)
+        arrays = eval_arrays(build_dataset(data, split), num_examples)
+        self.images = arrays["image"]
+        self.texts = {k: arrays[k] for k in ("text", "text_mask")}
+        self.batch_size, self.k = batch_size, k
+
+    def _rerank(self, params: Any, sim: np.ndarray, images_first: bool) -> np.ndarray:
+        """Scores (queries x candidates) that order each query's top k by ITM score, then the rest in
+        the dual encoder's order (scores are minus the final position, so there are no ties)."""
+        k = min(self.k, sim.shape[1])
+        order = np.argsort(-sim, axis=1, kind="stable")
+        top = order[:, :k]
+        query = np.repeat(np.arange(len(sim)), k)
+        image_idx, text_idx = (query, top.ravel()) if images_first else (top.ravel(), query)
+        pairs = {"image": self.images[image_idx], **{key: v[text_idx] for key, v in self.texts.items()}}
+        itm = _predict_all(self.itm_score, params, pairs, self.batch_size).reshape(len(sim), k)
+        if self.combine == "sum":
+            itm = itm + np.take_along_axis(sim, top, axis=1)
+        top = np.take_along_axis(top, np.argsort(-itm, axis=1, kind="stable"), axis=1)
+        order = np.concatenate([top, order[:, k:]], axis=1)
+        out = np.empty(sim.shape, np.float32)
+        np.put_along_axis(out, order, -np.arange(sim.shape[1], dtype=np.float32)[None], axis=1)
+        return out
+
+    def run(self, params: Any) -> Iterator[tuple[str, float]]:
+        dual_params = params if self.dual_params is None else self.dual_params
+        zi = _predict_all(self.encode_image, dual_params, {"image": self.images}, self.batch_size)
+        zt = _predict_all(self.encode_text, dual_params, self.texts, self.batch_size)
+        sim = zi @ zt.T
+        for direction, s in (("i2t", sim), ("t2i", sim.T)):
+            for name, value in recall_at_k(s).items():
+                yield f"dual_{direction}_{name}", value
+            reranked = self._rerank(params, s, images_first=direction == "i2t")
+            for name, value in recall_at_k(reranked).items():
+                yield f"{direction}_{name}", value
+        yield "chance_r1", 1.0 / len(sim)

@@ -1,0 +1,265 @@
+"""Fusion modules: co-attention stacks (METER), bridge layers (BridgeTower) and merged attention.
+
+A co-attention layer is a pair of BERT-style post-LN cross layers (``TransformerBlock`` with
+``cross_attention``): the text layer attends to itself, then to the image tokens; the image layer
+attends to itself, then to the text tokens. Both read the *inputs* of the layer (the other
+modality's input, not its output), as in METER and BridgeTower.
+
+BridgeTower adds a bridge (link tower) before every cross-modal layer but the first:
+``X̂_l = LN(T̃_l + X_{l-1})`` with ``T̃_l`` the projected output of uni-modal layer ``L - N + l``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlfm.losses import itm as itm_lib
+from vlfm.models import heads, layers
+from vlfm.models.tower_base import TransformerTower
+
+Dtype = layers.Dtype
+BRIDGES = ("none", "add", "scaled_add", "interpolate")
+
+
+class LinkTower(nn.Module):
+    """Bridge layer: ``LN(x + h)`` (``add``), ``LN(s*x + h)`` (``scaled_add``, s init 1) or
+    ``LN((1-b)*x + b*h)`` (``interpolate``, b init 0.5), with ``x`` the uni-modal input and ``h`` the
+    previous cross-modal layer's output (HF ``BridgeTowerLinkTower``)."""
+
+    kind: str = "add"
+    ln_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
+        if self.kind == "add":
+            y = x + h
+        elif self.kind == "scaled_add":
+            s = self.param("scale", layers.logical(nn.initializers.constant(1.0), ()), (), self.param_dtype)
+            y = x * s.astype(x.dtype) + h
+        elif self.kind == "interpolate":
+            b = self.param("beta", layers.logical(nn.initializers.constant(0.5), ()), (), self.param_dtype)
+            b = b.astype(x.dtype)
+            y = x * (1 - b) + h * b
+        else:
+            raise ValueError(f"unknown bridge {self.kind!r}; valid: {', '.join(BRIDGES[1:])}")
+        return layers.layer_norm(self.ln_eps, self.dtype, self.param_dtype, name="ln")(y)
+
+
+class FusionStack(nn.Module):
+    """Fields shared by the fusion stacks: their post-LN (BERT-style) layers."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    ln_eps: float = 1e-12
+    act: str = "gelu"
+    dropout_rate: float = 0.0
+    attn_dropout_rate: float = 0.0
+    init_std: float | None = 0.02
+    implementation: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def block(self, **extra) -> dict:
+        """``TransformerBlock`` fields of one post-LN layer."""
+        return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm="post", ln_eps=self.ln_eps, act=self.act,
+                    dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
+                    implementation=self.implementation, init_std=self.init_std, dtype=self.dtype,
+                    param_dtype=self.param_dtype, **extra)
+
+
+class CoAttentionFusion(FusionStack):
+    """``depth`` co-attention layers over text ``[B, Lt, D]`` and image ``[B, Li, D]`` tokens.
+
+    With a ``bridge``, the inputs carry one sequence per layer (``[B, depth, L, D]``): layer ``l``
+    gets ``bridge(inputs[:, l], output of layer l-1)``; without one, they are ``[B, 1, L, D]`` (METER
+    uses only the last uni-modal layer). ``input_norm`` puts a LayerNorm on the first layer's inputs
+    (BridgeTower's ``cross_modal_{text,image}_layernorm``). Text padding is ``text_mask [B, Lt]``;
+    images are never padded. Returns the text and image outputs of the last layer.
+    """
+
+    bridge: str = "none"
+    bridge_ln_eps: float = 1e-5
+    input_norm: bool = False
+
+    @nn.compact
+    def __call__(self, text: jax.Array, image: jax.Array, text_mask: jax.Array | None, *,
+                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+        if self.bridge not in BRIDGES:
+            raise ValueError(f"unknown bridge {self.bridge!r}; valid: {', '.join(BRIDGES)}")
+        need = self.depth if self.bridge != "none" else 1
+        if text.shape[1] != need or image.shape[1] != need:
+            raise ValueError(f"co-attention with bridge={self.bridge!r} takes {need} input layers per modality, "
+                             f"got text {text.shape[1]} and image {image.shape[1]}")
+        block = self.block(cross_attention=True, deterministic=not train)
+        norm = lambda name: layers.layer_norm(self.bridge_ln_eps, self.dtype, self.param_dtype, name=name)  # noqa: E731
+        x, y = text[:, 0], image[:, 0]
+        if self.input_norm:
+            x, y = norm("text_ln")(x), norm("image_ln")(y)
+        for i in range(self.depth):
+            if i > 0 and self.bridge != "none":
+                x = LinkTower(self.bridge, self.bridge_ln_eps, self.dtype, self.param_dtype, name=f"text_link_{i}")(
+                    text[:, i], x)
+                y = LinkTower(self.bridge, self.bridge_ln_eps, self.dtype, self.param_dtype, name=f"image_link_{i}")(
+                    image[:, i], y)
+            x, y = (layers.TransformerBlock(name=f"text_layer_{i}", **block)(x, key_mask=text_mask, context=y),
+                    layers.TransformerBlock(name=f"image_layer_{i}", **block)(y, context=x, context_mask=text_mask))
+        return x, y
+
+
+class MergedFusion(FusionStack):
+    """Merged attention (METER's alternative, ViLT-like): one post-LN self-attention stack over
+    ``[text; image]``, split back into the two parts."""
+
+    scan: bool = True
+    remat: str = "none"
+
+    @nn.compact
+    def __call__(self, text: jax.Array, image: jax.Array, text_mask: jax.Array | None, *,
+                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+        x, y = text[:, -1], image[:, -1]
+        lt = x.shape[1]
+        if text_mask is None:
+            text_mask = jnp.ones(x.shape[:2], bool)
+        mask = jnp.concatenate([text_mask.astype(bool), jnp.ones(y.shape[:2], bool)], axis=1)
+        out = layers.Encoder(self.depth, self.block(), scan=self.scan, remat=self.remat, name="encoder")(
+            jnp.concatenate([x, y], axis=1), key_mask=mask, train=train)
+        return out[:, :lt], out[:, lt:]
+
+
+# ----------------------------------------------------------------------------------------------------
+# What ViLT, METER and BridgeTower share: objectives and task heads around encode / fuse.
+
+ITM_MODES = ("none", "random", "hard")
+
+
+def take_rows(tree: Any, index: jax.Array) -> Any:
+    """Rows ``index`` of every array in ``tree`` (batch-major); under a mesh XLA gathers across shards."""
+    return jax.tree.map(lambda a: jnp.take(a, index, axis=0), tree)
+
+
+class FusionModel(TransformerTower):
+    """Base of the fusion models. Subclasses define ``encode_text``, ``encode_image`` (batch-major
+    dicts, so negatives are gathered by row) and ``fuse`` (-> ``text_tokens``, ``image_tokens``,
+    ``text_mask``, ``image_mask``, ``pooled``); this class runs the objectives and heads.
+
+    ``__call__(batch, train)`` returns, for what the config enables:
+
+    - ``mlm``: ``mlm_logits`` over the text positions of the masked pass (``batch["mlm_text"]``, or
+      ``text`` when absent) fused with the paired image;
+    - ``itm`` (``random`` or ``hard``): ``itm_logits``, ``itm_labels`` and the fused tokens/masks of
+      the pairs (``itm_text_tokens`` ... for word-patch alignment). Pairs are built in training only;
+      at evaluation every pair is the batch's own (label 1). Tests may inject the draws:
+      ``batch["itm_image_index"]`` (random) or ``batch["itm_neg_image"]``/``["itm_neg_text"]`` (hard);
+    - ``vqa_answers``: ``vqa_logits``; ``num_classes``: ``logits`` for one (image, text) pair (visual
+      entailment); ``pair_classes``: ``logits`` for (``image``, ``image2``, ``text``) (NLVR2: the two
+      images get modality types 1 and 2 and the two pooled vectors are concatenated).
+
+    At evaluation the outputs also hold ``pooled``, ``text_tokens`` and ``image_tokens`` of the
+    batch's own pairs.
+    """
+
+    mlm: bool = False
+    itm: str = "none"
+    vqa_answers: int = 0
+    num_classes: int = 0
+    pair_classes: int = 0
+    head_ln_eps: float = 1e-5
+
+    # Functions of (module, batch) that evaluators may call, by name.
+    PREDICT = {
+        "itm_score": lambda m, b: m.itm_score(b),
+        "vqa_logits": lambda m, b: m(b)["vqa_logits"],
+        "logits": lambda m, b: m(b)["logits"],
+        "mlm_logits": lambda m, b: m(b)["mlm_logits"],
+    }
+
+    def setup_heads(self) -> None:
+        if self.itm not in ITM_MODES:
+            raise ValueError(f"unknown itm mode {self.itm!r}; valid: {', '.join(ITM_MODES)}")
+        dtype, pdtype = self.dtypes
+        common = dict(init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
+        if self.mlm:
+            self.mlm_head = heads.MlmHead(self.text_vocab_size(), self.act, self.ln_eps, **common)
+        if self.itm != "none":
+            self.itm_head = layers.Proj((2,), ("embed", "classes"), **common)
+        classifier = lambda n: heads.ClassifierHead(2 * self.width, n, self.head_ln_eps, **common)  # noqa: E731
+        if self.vqa_answers:
+            self.vqa_head = classifier(self.vqa_answers)
+        if self.num_classes:
+            self.cls_head = classifier(self.num_classes)
+        if self.pair_classes:
+            self.pair_head = classifier(self.pair_classes)
+
+    def text_vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def contrastive_outputs(self, text: dict, image: dict) -> dict:
+        """``image_embed``, ``text_embed``, ``logit_scale`` for models with a contrastive head, else {}."""
+        del text, image
+        return {}
+
+    def itm_pairs(self, batch: dict, outputs: dict, batch_size: int,
+                  train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(text index, image index, label) of the ITM pairs."""
+        rows = jnp.arange(batch_size, dtype=jnp.int32)
+        if not train:
+            return rows, rows, jnp.ones((batch_size,), jnp.int32)
+        if self.itm == "random":
+            if "itm_image_index" in batch:
+                image_idx = batch["itm_image_index"].astype(jnp.int32)
+                return rows, image_idx, (image_idx == rows).astype(jnp.int32)
+            image_idx, labels = itm_lib.random_negatives(self.make_rng("dropout"), batch_size)
+            return rows, image_idx, labels
+        if "image_embed" not in outputs:
+            raise ValueError("itm='hard' samples negatives from contrastive similarities: set contrastive_dim")
+        if "itm_neg_image" in batch:
+            neg_image, neg_text = batch["itm_neg_image"], batch["itm_neg_text"]
+        else:
+            neg_image, neg_text = itm_lib.hard_negatives(self.make_rng("dropout"), outputs["image_embed"],
+                                                         outputs["text_embed"], outputs["logit_scale"])
+        return itm_lib.hard_negative_pairs(neg_image.astype(jnp.int32), neg_text.astype(jnp.int32))
+
+    def __call__(self, batch: dict, *, train: bool = False) -> dict:
+        image = self.encode_image(batch["image"], train)
+        text = self.encode_text(batch["text"], batch.get("text_mask"), train)
+        out = dict(self.contrastive_outputs(text, image))
+        cache = {}
+
+        def plain() -> dict:  # the batch's own pairs, fused once however many heads read them
+            if "fused" not in cache:
+                cache["fused"] = self.fuse(text, image, 1, train)
+            return cache["fused"]
+
+        if self.mlm:
+            masked = self.encode_text(batch["mlm_text"], batch.get("text_mask"), train) if "mlm_text" in batch \
+                else text
+            out["mlm_logits"] = self.mlm_head(self.fuse(masked, image, 1, train)["text_tokens"])
+        if self.itm != "none":
+            text_idx, image_idx, labels = self.itm_pairs(batch, out, batch["text"].shape[0], train)
+            pairs = self.fuse(take_rows(text, text_idx), take_rows(image, image_idx), 1, train) if train else plain()
+            out.update(itm_logits=self.itm_head(pairs["pooled"]).astype(jnp.float32), itm_labels=labels,
+                       **{f"itm_{k}": pairs[k] for k in ("text_tokens", "image_tokens", "text_mask", "image_mask")})
+        if self.vqa_answers:
+            out["vqa_logits"] = self.vqa_head(plain()["pooled"])
+        if self.num_classes:
+            out["logits"] = self.cls_head(plain()["pooled"])
+        if self.pair_classes:
+            second = self.fuse(text, self.encode_image(batch["image2"], train), 2, train)
+            out["logits"] = self.pair_head(jnp.concatenate([plain()["pooled"], second["pooled"]], axis=-1))
+        if not train:
+            out.update({k: plain()[k] for k in ("pooled", "text_tokens", "image_tokens")})
+        return out
+
+    def itm_score(self, batch: dict) -> jax.Array:
+        """Match score ``logit(match) - logit(no match)`` of each (image, text) row, for re-ranking."""
+        image = self.encode_image(batch["image"], False)
+        text = self.encode_text(batch["text"], batch.get("text_mask"), False)
+        logits = self.itm_head(self.fuse(text, image, 1, False)["pooled"]).astype(jnp.float32)
+        return logits[:, 1] - logits[:, 0]
