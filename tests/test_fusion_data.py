@@ -164,6 +164,7 @@ def test_rerank_retrieval_fixes_a_poor_dual_encoder_inside_the_top_k():
     ev.itm_score, ev.encode_image, ev.encode_text, ev.dual_params = fns["itm_score"], fns["encode_image"], \
         fns["encode_text"], None
     ev.images, ev.texts, ev.batch_size = images, {"text": texts, "text_mask": np.ones_like(texts)}, 8
+    ev.sim_weight = 1.0
     for k, expected, combine in ((10, 1.0, "itm"), (10, 1.0, "sum"), (1, None, "itm")):
         ev.k, ev.combine = k, combine
         res = dict(ev.run(None))
@@ -172,6 +173,30 @@ def test_rerank_retrieval_fixes_a_poor_dual_encoder_inside_the_top_k():
             assert res["i2t_r1"] == expected and res["t2i_r1"] == expected
         else:  # the order is the dual encoder's
             assert all(res[f"{d}_r{j}"] == res[f"dual_{d}_r{j}"] for d in ("i2t", "t2i") for j in (1, 5, 10))
+
+
+def test_rerank_retrieval_sum_weighs_the_similarity_by_the_learned_temperature():
+    """``combine="sum"``: ITM + w * cosine; ``sim_weight="logit_scale"`` takes w = exp(logit_scale)
+    of the dual encoder's params (capped at 100), so a similarity gap of 0.1 outweighs an ITM gap of 1
+    at w = 20 but not at the default w = 1."""
+    cls = EVALUATORS.get("itm_rerank_retrieval")
+    ev = cls.__new__(cls)
+    ev.combine, ev.k, ev.batch_size = "sum", 2, 8
+    ev.images = np.arange(2, dtype=np.float32)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float32)
+    ev.texts = {"text": np.arange(2, dtype=np.int32)[:, None], "text_mask": np.ones((2, 1), np.int32)}
+    ev.itm_score = lambda p, b: (b["text"][:, 0] == 1).astype(np.float32)  # prefers caption 1 by 1 logit
+    sim = np.array([[0.5, 0.4], [0.5, 0.4]], np.float32)  # the dual encoder prefers caption 0 by 0.1
+    for weight, dual_params, first in ((1.0, None, 1), ("logit_scale", {"logit_scale": np.log(20.0)}, 0),
+                                       ("logit_scale", {"logit_scale": np.log(1e4)}, 0)):
+        ev.sim_weight = weight
+        w = ev._weight(dual_params)
+        assert w == pytest.approx(1.0 if weight == 1.0 else min(np.exp(dual_params["logit_scale"]), 100.0))
+        assert np.argmax(ev._rerank(None, sim, images_first=True, weight=w)[0]) == first
+    ev.sim_weight = "logit_scale"
+    with pytest.raises(ValueError, match="logit_scale"):
+        ev._weight({"other": 1.0})
+    with pytest.raises(ValueError, match="sim_weight"):
+        cls({"itm_score": ev.itm_score}, data={}, sim_weight="temperature")
 
 
 def test_rerank_retrieval_with_a_separately_trained_dual_encoder(tmp_path):

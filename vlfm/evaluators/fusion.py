@@ -116,7 +116,11 @@ def _external_dual_encoder(cfg: Mapping[str, Any]) -> tuple[Callable, Callable, 
 class ItmRerankRetrievalEvaluator:
     """Image-text retrieval (R@1/5/10 both ways) by a dual encoder, then with its top ``k``
     candidates re-ranked by the fusion model's ``itm_score`` (``combine="itm"``, ALBEF) or by ITM score
-    plus the dual encoder's cosine similarity (``combine="sum"``, BLIP).
+    plus ``sim_weight`` times the dual encoder's cosine similarity (``combine="sum"``; BLIP adds the
+    plain cosine, ``sim_weight=1``). ``sim_weight="logit_scale"`` weighs the cosine by the dual
+    encoder's learned temperature (``exp(params["logit_scale"])``, capped at 100), so both terms are
+    logits: the ITM log-odds plus the contrastive logit (a product of the two models' scores). At
+    small scale the plain cosine (within [-1, 1]) hardly moves ITM log-odds of several units.
 
     The dual encoder is the model's own contrastive half (``encode_image``/``encode_text`` predict
     fns) or, with ``dual_encoder={"model": <config or JSON path>, "workdir" | "params": ...}``, a
@@ -127,10 +131,13 @@ class ItmRerankRetrievalEvaluator:
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256, k: int = 10,
-                 dual_encoder: Mapping[str, Any] | None = None, combine: str = "itm"):
+                 dual_encoder: Mapping[str, Any] | None = None, combine: str = "itm",
+                 sim_weight: float | str = 1.0):
         if combine not in ("itm", "sum"):
             raise ValueError(f"unknown combine {combine!r}; valid: itm (ALBEF), sum (BLIP: ITM + similarity)")
-        self.itm_score, self.combine = predict_fns["itm_score"], combine
+        if isinstance(sim_weight, str) and sim_weight != "logit_scale":
+            raise ValueError(f"sim_weight is a number or 'logit_scale', got {sim_weight!r}")
+        self.itm_score, self.combine, self.sim_weight = predict_fns["itm_score"], combine, sim_weight
         if dual_encoder is not None:
             self.encode_image, self.encode_text, self.dual_params = _external_dual_encoder(dual_encoder)
         else:
@@ -141,7 +148,15 @@ class ItmRerankRetrievalEvaluator:
         self.texts = {k: arrays[k] for k in ("text", "text_mask")}
         self.batch_size, self.k = batch_size, k
 
-    def _rerank(self, params: Any, sim: np.ndarray, images_first: bool) -> np.ndarray:
+    def _weight(self, dual_params: Any) -> float:
+        """The weight of the cosine similarity in ``combine="sum"``."""
+        if self.sim_weight != "logit_scale":
+            return float(self.sim_weight)
+        if not isinstance(dual_params, Mapping) or "logit_scale" not in dual_params:
+            raise ValueError("sim_weight='logit_scale' needs a dual encoder with a logit_scale parameter")
+        return float(min(np.exp(float(np.asarray(dual_params["logit_scale"]))), 100.0))
+
+    def _rerank(self, params: Any, sim: np.ndarray, images_first: bool, weight: float = 1.0) -> np.ndarray:
         """Scores (queries x candidates) that order each query's top k by ITM score, then the rest in
         the dual encoder's order (scores are minus the final position, so there are no ties)."""
         k = min(self.k, sim.shape[1])
@@ -152,7 +167,7 @@ class ItmRerankRetrievalEvaluator:
         pairs = {"image": self.images[image_idx], **{key: v[text_idx] for key, v in self.texts.items()}}
         itm = _predict_all(self.itm_score, params, pairs, self.batch_size).reshape(len(sim), k)
         if self.combine == "sum":
-            itm = itm + np.take_along_axis(sim, top, axis=1)
+            itm = itm + weight * np.take_along_axis(sim, top, axis=1)
         top = np.take_along_axis(top, np.argsort(-itm, axis=1, kind="stable"), axis=1)
         order = np.concatenate([top, order[:, k:]], axis=1)
         out = np.empty(sim.shape, np.float32)
@@ -164,10 +179,11 @@ class ItmRerankRetrievalEvaluator:
         zi = _predict_all(self.encode_image, dual_params, {"image": self.images}, self.batch_size)
         zt = _predict_all(self.encode_text, dual_params, self.texts, self.batch_size)
         sim = zi @ zt.T
+        weight = self._weight(dual_params) if self.combine == "sum" else 0.0
         for direction, s in (("i2t", sim), ("t2i", sim.T)):
             for name, value in recall_at_k(s).items():
                 yield f"dual_{direction}_{name}", value
-            reranked = self._rerank(params, s, images_first=direction == "i2t")
+            reranked = self._rerank(params, s, images_first=direction == "i2t", weight=weight)
             for name, value in recall_at_k(reranked).items():
                 yield f"{direction}_{name}", value
         yield "chance_r1", 1.0 / len(sim)
