@@ -55,7 +55,6 @@ from vlfm.train.sharding import make_mesh, rules_from_config, to_global_batch
 from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import build_tasks
-from vlfm.train.trainer import _example, _task_flops  # the trainer's example and FLOP count, unchanged
 
 
 def synthetic_batch(example: dict, batch_size: int, seed: int = 0) -> dict:
@@ -129,7 +128,7 @@ def main(argv: list[str]) -> dict:
     task = tasks[0]
     if len(tasks) > 1:
         print(f"benchmarking task {task.name!r} only (of {len(tasks)})", file=sys.stderr)
-    example = _example(task)
+    example = task.example()
     mesh = make_mesh(config.mesh.shape)
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
@@ -165,7 +164,7 @@ def main(argv: list[str]) -> dict:
             if profile and i + 1 == profile[1]:
                 jax.profiler.stop_trace()
     step_s = statistics.median(times)
-    step_flops = _task_flops(config, task)
+    step_flops = task.step_flops(config.model)
     per_device = step_flops / step_s / jax.device_count()
     given = args.peak_tflops or config.peak_tflops
     if given:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from vlfm.data.pipeline import DatasetBundle, build_dataset, train_iterator
+from vlfm.data.pipeline import DatasetBundle, build_dataset, numeric_only, train_iterator
 from vlfm.losses import combined_loss
 
 SCHEDULES = ("round_robin", "uniform", "weighted", "accumulate", "stages")
@@ -45,6 +45,20 @@ class Task:
     teachers: tuple[str, ...] = ()
     steps: int = 0
     data_cfg: dict = dataclasses.field(default_factory=dict)
+
+    def example(self) -> dict:
+        """One transformed example's numeric arrays (the shapes the step is traced with)."""
+        example = self.bundle.example()  # first usable example (map and stream datasets alike)
+        return numeric_only(example) if isinstance(example, dict) else example
+
+    def step_flops(self, model_cfg: Mapping[str, Any]) -> float:
+        """Model FLOPs of one training step of this task (its batch, its inputs): what the log and the
+        benchmark report."""
+        from vlfm.train.flops import train_flops_per_example
+
+        per_example = train_flops_per_example(model_cfg, text_len=self.bundle.info.get("max_len"),
+                                              global_batch=self.batch_size, inputs=tuple(self.example()))
+        return self.batch_size * per_example
 
 
 def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:

@@ -21,7 +21,6 @@ import numpy as np
 import optax
 
 from vlfm.data import to_global
-from vlfm.data.pipeline import numeric_only
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import build_combiner
@@ -35,7 +34,7 @@ from vlfm.train.metrics_writer import MetricWriter, format_duration
 from vlfm.train.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
 from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
-from vlfm.train.tasks import Task, TaskIterators, TaskSchedule, build_iterators, build_tasks
+from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
 from vlfm.train.teachers import build_teachers
 
 log = logging.getLogger("vlfm")
@@ -43,11 +42,6 @@ log = logging.getLogger("vlfm")
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/Inf; the run stopped and the last good checkpoint was kept."""
-
-
-def _example(task: Task) -> dict:
-    example = task.bundle.example()  # first usable example, transformed (map and stream datasets alike)
-    return numeric_only(example) if isinstance(example, dict) else example
 
 
 def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
@@ -60,14 +54,6 @@ def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
         y = f(x)
     y.block_until_ready()
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
-
-
-def _task_flops(config: ml_collections.ConfigDict, task: Task) -> float:
-    """Model FLOPs of one training step of ``task`` (its batch, its inputs)."""
-    per_example = flops_lib.train_flops_per_example(config.model, text_len=task.bundle.info.get("max_len"),
-                                                    global_batch=task.batch_size,
-                                                    inputs=tuple(_example(task)))
-    return task.batch_size * per_example
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict[str, float]:
@@ -94,7 +80,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0))
     merged_example = {}
     for task in tasks:
-        merged_example.update(_example(task))
+        merged_example.update(task.example())
     writer = MetricWriter(workdir)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -133,7 +119,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
                     state["ema"] = jax.tree.map(lambda p, e: p.astype(e.dtype), state["params"], state["ema"])
             start_step = int(jax.device_get(state["step"]))
             evaluators = build_evaluators(config, make_predict_fns(model))
-            task_flops = {t.name: _task_flops(config, t) for t in tasks}
+            task_flops = {t.name: t.step_flops(config.model) for t in tasks}
             peak, peak_source = flops_lib.peak_flops_per_device(
                 config.peak_tflops * 1e12 if config.peak_tflops else None)
             if peak is None:
@@ -161,11 +147,11 @@ def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params
             task = tasks_by_name[name]
             batches[name] = {k: jax.ShapeDtypeStruct((task.batch_size, *np.shape(v)), np.asarray(v).dtype,
                                                      sharding=batch_sharding(mesh, 1 + np.ndim(v)))
-                             for k, v in _example(task).items()}
+                             for k, v in task.example().items()}
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
-        one["model_flops_per_step"] = sum(_task_flops(config, tasks_by_name[n]) for n in kind)
+        one["model_flops_per_step"] = sum(tasks_by_name[n].step_flops(config.model) for n in kind)
         log.info("dry run, step %s (per device): %s", "+".join(kind), ", ".join(
             f"{k}={aot.format_bytes(v)}" if k.endswith("bytes") else f"{k}={v:.4g}" for k, v in one.items()))
         for k, v in one.items():
