@@ -30,5 +30,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name="shapes", num_examples=50_000, view="text", max_len=32,
                                             mlm_prob=0.15, batch_size=256, num_workers=0, train_split="train"))
     c.optimizer.update(dict(name="adamw", lr=dict(name="linear", peak=1e-4, warmup_steps=200),
-                                                 weight_decay=0.01, clip_norm=1.0))
+                        weight_decay=0.01, clip_norm=1.0))
     return c

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name="shapes", num_examples=10_000, image_size=224, max_len=77,
                                             batch_size=256, num_workers=0, train_split="train"))
     c.optimizer.update(dict(name="adamw", lr=dict(name="cosine", peak=5e-4, warmup_steps=2000),
-                                                 weight_decay=0.2, b2=0.98, eps=1e-6, clip_norm=1.0))
+                        weight_decay=0.2, b2=0.98, eps=1e-6, clip_norm=1.0))
     c.evals = ml_collections.ConfigDict(dict(
         retrieval=dict(every=1000, split="validation", num_examples=1000),
         zeroshot=dict(type="zeroshot_classification", every=1000, split="validation", num_examples=1000),

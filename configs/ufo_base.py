@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="gradient_masking", first="text", second="image", shared=SHARED, strategy="random", ratio=0.5,
         refresh_every=0, seed=0))
     c.optimizer.update(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=10_000),
-                                                 weight_decay=0.05, clip_norm=1.0))
+                        weight_decay=0.05, clip_norm=1.0))
     c.log_every = 100
     c.checkpoint_every = 2000
     return c

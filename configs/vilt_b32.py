@@ -4,9 +4,11 @@
 ViLT-B/32 is a ViT-B/32 transformer (12 layers, width 768, pre-LN, LayerNorm eps 1e-12) over
 [40 BERT word-piece positions; 12x12 patches of a 384 px image + class token], with modality-type
 embeddings. Heads: MLM (transform + untied decoder: 24,063,546 with the 30,522-word vocabulary, as the
-original ViLT), ITM (1,538). Start it from ViT-B/32 weights with
-``vlfm.convert.hf_fusion.vilt_params_from_vit`` or import HF ViLT checkpoints with
-``python -m vlfm.convert import``.
+original ViLT), ITM (1,538). Start it from ViT-B/32 weights at 384 px, as ViLT does:
+``--config.init_from.hf=<HF google/vit-base-patch32-384 directory>`` (or ``init_from.params`` of a vlfm
+ViT run); ``init_from.rename`` maps the ViT's patch/position embeddings, class token, encoder, final
+LayerNorm and pooler onto ViLT's, the text embeddings and heads start fresh. HF ViLT checkpoints
+import with ``python -m vlfm.convert import``.
 
 Command (GPU/TPU; on the built-in data as a smoke test, real corpora come from the data configs):
     python -m vlfm.train --config configs/vilt_b32.py --workdir workdirs/vilt_b32
@@ -18,6 +20,7 @@ run on CPU.
 
 import ml_collections
 
+from vlfm.convert.hf_fusion import VIT_TO_VILT
 from vlfm.train.config import base_config
 
 
@@ -30,12 +33,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_types=2, width=768, depth=12, num_heads=12, mlp_dim=3072, ln_eps=1e-12, act="gelu", init_std=0.02,
         dropout_rate=0.1, mlm=True, itm="random", dtype="bfloat16", attention="auto",
     ))
+    c.init_from.rename = VIT_TO_VILT  # used when init_from names a ViT
     c.losses = ml_collections.ConfigDict(dict(
         masked_xent=dict(weight=1.0), itm=dict(weight=1.0), wpa=dict(weight=0.1)))
     c.data = ml_collections.ConfigDict(dict(name="shapes_vl", num_examples=4_000, image_size=384, max_len=40,
                                             mlm_prob=0.15, batch_size=256, num_workers=0, train_split="train"))
     c.optimizer.update(dict(name="adamw", lr=dict(name="linear", peak=1e-4, warmup_steps=10_000),
-                                                 weight_decay=0.01, clip_norm=1.0))
+                        weight_decay=0.01, clip_norm=1.0))
     c.evals = ml_collections.ConfigDict(dict(
         itm=dict(type="itm_accuracy", every=5000, split="validation", num_examples=1000),
         mlm=dict(type="vl_mlm_accuracy", every=5000, split="validation", num_examples=1000),

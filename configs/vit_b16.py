@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name="shapes", num_examples=10_000, image_size=224, view="image_label",
                                             batch_size=256, num_workers=0, train_split="train"))
     c.optimizer.update(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=200),
-                                                 weight_decay=0.05, clip_norm=1.0))
+                        weight_decay=0.05, clip_norm=1.0))
     c.evals = ml_collections.ConfigDict(dict(
         accuracy=dict(type="classification", every=500, split="validation", num_examples=1000)))
     return c

@@ -155,6 +155,8 @@ def test_vilt_retrieval_head_is_rejected(tmp_path):
 def test_vilt_starts_from_a_vit(tmp_path):
     """ViLT is initialised from a ViT: the encoder, patch/position embeddings, final LN and pooler."""
     from vlfm.convert.hf_fusion import vilt_params_from_vit
+    from vlfm.train.config import load_config
+    from vlfm.train.init_from import merge_params
 
     torch.manual_seed(0)
     vit = transformers.ViTModel(transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -166,6 +168,11 @@ def test_vilt_starts_from_a_vit(tmp_path):
     vilt = nn.meta.unbox(build_model(cfg).init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
                                                batch)["params"])
     merged = vilt_params_from_vit(vilt, vit_params["image_tower"])
+    # config.init_from with configs/vilt_b32.py's rename does the same from the whole imported model.
+    rename = load_config("configs/vilt_b32.py").init_from.rename
+    via_config, report = merge_params(vilt, vit_params, rename=rename)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(via_config)))
+    assert "text_embed/token_embed/embedding" in report["fresh"] and len(report["loaded"]) > 10
     np.testing.assert_array_equal(merged["encoder"]["layers"]["attn"]["query"]["kernel"],
                                   vit_params["image_tower"]["encoder"]["layers"]["attn"]["query"]["kernel"])
     np.testing.assert_array_equal(merged["pooler"]["kernel"], vit_params["image_tower"]["pooler"]["kernel"])

@@ -283,24 +283,22 @@ def load_hf_fusion(path: str | os.PathLike, scan: bool = True) -> tuple[dict, di
     return model, flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
+# ``init_from.rename`` pairs that start a ViLT from a ViT (an imported HF ViT or an ``image_classifier``
+# run, whose tower sits under ``image_tower/``, or the tower's params alone): the patch and position
+# embeddings, class token, encoder, final LayerNorm and pooler. ViLT-B/32 starts from ViT-B/32 at 384 px.
+VIT_TO_VILT = ((r"^(image_tower/)?patch_embed/", "image_embed/patch_embed/"),
+               (r"^(image_tower/)?cls$", "image_embed/cls"),
+               (r"^(image_tower/)?pos_embed/", "image_embed/pos_embed/"),
+               (r"^(image_tower/)?(encoder|ln_final|pooler)/", r"\2/"))
+
+
 def vilt_params_from_vit(vilt_params: Mapping[str, Any], vit_params: Mapping[str, Any]) -> dict:
     """ViLT params with the image embedding, encoder, final LayerNorm and pooler taken from a ViT
-    (the ``image_tower`` of an ``image_classifier``, e.g. an imported HF ViT-B/32 with its pooler).
+    (``VIT_TO_VILT``; what ``config.init_from`` does with that ``rename``).
 
     Both must have the same width, depth and layer layout (scanned or not) and the same patch grid.
     """
-    vilt = flax.traverse_util.flatten_dict(flax.core.unfreeze(strip_boxes(vilt_params)), sep="/")
-    vit = flax.traverse_util.flatten_dict(flax.core.unfreeze(strip_boxes(vit_params)), sep="/")
-    mapping = {"patch_embed/": "image_embed/patch_embed/", "cls": "image_embed/cls",
-               "pos_embed/": "image_embed/pos_embed/", "encoder/": "encoder/", "ln_final/": "ln_final/",
-               "pooler/": "pooler/"}
-    out = dict(vilt)
-    for path, value in vit.items():
-        target = next((t + path[len(s):] for s, t in mapping.items() if path.startswith(s)), None)
-        if target is None:
-            continue
-        if target not in vilt or np.shape(vilt[target]) != np.shape(value):
-            raise ValueError(f"ViT param {path} {np.shape(value)} has no ViLT counterpart of that shape "
-                             f"({target} {np.shape(vilt.get(target))})")
-        out[target] = value
-    return flax.traverse_util.unflatten_dict(out, sep="/")
+    from vlfm.train.init_from import merge_params
+
+    vilt = flax.core.unfreeze(strip_boxes(vilt_params))
+    return merge_params(vilt, flax.core.unfreeze(strip_boxes(vit_params)), rename=VIT_TO_VILT)[0]
