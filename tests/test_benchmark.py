@@ -43,3 +43,41 @@ def test_trainer_profile_steps_write_a_trace_into_the_workdir(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     traces = glob.glob(os.path.join(tmp_path, "profile", "**", "*.xplane.pb"), recursive=True)
     assert traces, os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_sweep_runs_variants_reports_failures_and_respects_the_budget(tmp_path):
+    """Each variant is its own train_step.py process; a broken one is a table row, not a crash; the
+    measured peak of the first row is reused so MFU compares across rows; past the budget nothing runs."""
+    small = [a for a in SMALL_CLIP if "evals" not in a]
+    cmd = [sys.executable, "benchmarks/sweep.py", "--config", "configs/clip_tiny.py", *small, "--steps", "2",
+           "--warmup", "1", "--variant", "base=", "--variant", "bf16mu=optimizer.mu_dtype=bfloat16",
+           "--variant", "typo=model.image.dpeth=2", "--out", str(tmp_path / "r.jsonl")]
+    out = subprocess.run(cmd, cwd=REPO, env=trainer_env(1), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert [r["variant"] for r in rows] == ["base", "bf16mu", "typo"]
+    assert rows[0]["batch_size"] == 32 and rows[0]["peak_source"].startswith("measured")
+    assert rows[1]["overrides"][-1] == "optimizer.mu_dtype=bfloat16" and rows[1]["peak_source"] == "given"
+    assert rows[1]["peak_tflops"] == rows[0]["peak_tflops"]
+    assert "dpeth" in rows[2]["error"]
+    table = out.stdout.splitlines()
+    assert table[0].startswith("| variant | ex/s") and len(table) == 5 and "failed" in table[4]
+    skipped = subprocess.run(cmd[:-2] + ["--budget_s", "0"], cwd=REPO, env=trainer_env(1), capture_output=True,
+                             text=True, timeout=60)
+    assert skipped.stdout.count("skipped: budget") == 3
+
+
+def test_sweep_presets_are_valid_overrides_of_their_configs():
+    """A preset's overrides must load on the config it is named after (a typo would waste device time)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "benchmarks", "sweep.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for preset, variants in sweep.PRESETS.items():
+        for _, overrides in variants:
+            load_config(os.path.join(REPO, "configs", f"{preset}.py"), overrides)
+    assert sweep.parse_variant("a=x.y=1,z=2") == ("a", ["x.y=1", "z=2"]) and sweep.parse_variant("b=") == ("b", [])
+    with pytest.raises(ValueError, match="NAME=key=value"):
+        sweep.parse_variant("nameonly")

@@ -39,9 +39,9 @@ def base_config() -> ConfigDict:
     # Fine-tuning: start from another run's params (vlfm.train.init_from); one of params/checkpoint/hf.
     c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, skip=(), rename=(), grow_rows=()))
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
-    # lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
+    # mu_dtype / lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,
-                                  clip_norm=1.0, lr_multipliers=None, layer_decay=None))
+                                  clip_norm=1.0, mu_dtype=None, lr_multipliers=None, layer_decay=None))
     c.mesh = ConfigDict(dict(shape=(-1, 1, 1), rules=()))
     c.evals = ConfigDict()
     c.log_every = 50
