@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
@@ -131,23 +131,26 @@ def _summary(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
+def states_under(state: Any, key: str) -> Iterator[Any]:
+    """Every value stored under ``key`` in a nested iterator state (dicts and lists of them): the
+    counters each worker process and each mixed dataset keep in its own state."""
+    if isinstance(state, Mapping):
+        for k, value in state.items():
+            if k == key:
+                yield value
+            else:
+                yield from states_under(value, key)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from states_under(value, key)
+
+
 def bad_counts(state: Any) -> dict[str, dict[str, int]]:
     """Dataset name -> kind -> count, summed over every ``DropBad`` counter in a (nested) iterator
     state (one per worker process and per mixed dataset)."""
     total: dict[str, dict[str, int]] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                if key == STATE_KEY:
-                    per_kind = total.setdefault(value["name"], {})
-                    for kind, n in value["counts"].items():
-                        per_kind[kind] = per_kind.get(kind, 0) + int(n)
-                else:
-                    walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-
-    walk(state)
+    for value in states_under(state, STATE_KEY):
+        per_kind = total.setdefault(value["name"], {})
+        for kind, n in value["counts"].items():
+            per_kind[kind] = per_kind.get(kind, 0) + int(n)
     return total

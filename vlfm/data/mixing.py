@@ -20,6 +20,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from vlfm.data.bad_data import states_under
 from vlfm.data.pipeline import DATASETS, DataIterator, DatasetBundle, build_dataset, pipeline_stats, train_iterator
 
 SAMPLINGS = ("weighted", "round_robin")
@@ -106,20 +107,9 @@ class _MixIterator(grain.DatasetIterator):
 def mix_counts(state: Any) -> dict[str, int]:
     """Dataset name -> examples drawn, summed over every ``MixStream`` in a (nested) iterator state."""
     total: dict[str, int] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                if key == MIX_KEY:
-                    for name, n in zip(value["names"], value["counts"]):
-                        total[name] = total.get(name, 0) + int(n)
-                else:
-                    walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-
-    walk(state)
+    for value in states_under(state, MIX_KEY):
+        for name, n in zip(value["names"], value["counts"]):
+            total[name] = total.get(name, 0) + int(n)
     return total
 
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
+
+from vlfm.optim.param_groups import scale_by_path
 
 
 def layerwise_lr_decay(decay: float, num_layers: int, *, stacked: str = r"(.*/)?encoder/layers/.*",
@@ -36,14 +37,4 @@ def layerwise_lr_decay(decay: float, num_layers: int, *, stacked: str = r"(.*/)?
             return update * (decay ** (num_layers + 1))
         return update
 
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        flat = traverse_util.flatten_dict(updates, sep="/")
-        scaled = {k: scale_for(k, v) for k, v in flat.items()}
-        return traverse_util.unflatten_dict(scaled, sep="/"), state
-
-    return optax.GradientTransformation(init, update)
+    return scale_by_path(scale_for)

@@ -4,8 +4,9 @@ cross-modal layers and the heads, x50 for a VQA head when fine-tuning)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import jax
 import optax
 from flax import traverse_util
 
@@ -22,16 +23,9 @@ def multiplier_for(path: str, patterns: Patterns) -> float:
     return next((m for p, m in _pairs(patterns) if p.fullmatch(path)), 1.0)
 
 
-def lr_multipliers(patterns: Patterns) -> optax.GradientTransformation:
-    """Scales each parameter's update by the multiplier of the first regex that fully matches its
-    ``/``-joined path (``{"fusion_layers/.*": 5.0, "(itm|mlm|vqa)_head/.*": 5.0}``); unmatched
-    parameters keep theirs. Chained after an optimizer, it multiplies that parameter group's learning
-    rate (and, for AdamW, its decoupled weight decay, as a torch parameter-group ``lr`` does).
-    Stateless; patterns are tried in order, so list specific ones first."""
-    pairs = _pairs(patterns)
-
-    def scale(path: str) -> float:
-        return multiplier_for(path, pairs)
+def scale_by_path(scale_for: Callable[[str, jax.Array], jax.Array]) -> optax.GradientTransformation:
+    """A stateless transform that replaces each update by ``scale_for(path, update)``, ``path`` being the
+    ``/``-joined parameter path: the shape of every per-group scaling (multipliers, layer-wise decay)."""
 
     def init(params):
         del params
@@ -40,7 +34,21 @@ def lr_multipliers(patterns: Patterns) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         del params
         flat = traverse_util.flatten_dict(updates, sep="/")
-        scaled = {k: v if scale(k) == 1.0 else v * scale(k) for k, v in flat.items()}
-        return traverse_util.unflatten_dict(scaled, sep="/"), state
+        return traverse_util.unflatten_dict({k: scale_for(k, v) for k, v in flat.items()}, sep="/"), state
 
     return optax.GradientTransformation(init, update)
+
+
+def lr_multipliers(patterns: Patterns) -> optax.GradientTransformation:
+    """Scales each parameter's update by the multiplier of the first regex that fully matches its
+    ``/``-joined path (``{"fusion_layers/.*": 5.0, "(itm|mlm|vqa)_head/.*": 5.0}``); unmatched
+    parameters keep theirs. Chained after an optimizer, it multiplies that parameter group's learning
+    rate (and, for AdamW, its decoupled weight decay, as a torch parameter-group ``lr`` does).
+    Stateless; patterns are tried in order, so list specific ones first."""
+    pairs = _pairs(patterns)
+
+    def scale(path: str, update: jax.Array) -> jax.Array:
+        m = multiplier_for(path, pairs)
+        return update if m == 1.0 else update * m
+
+    return scale_by_path(scale)
