@@ -21,7 +21,7 @@ import itertools
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import grain
@@ -280,6 +280,29 @@ class _ShardedStreamIterator(grain.DatasetIterator):
 
     def __str__(self) -> str:
         return f"ShardedStreamIterator({self.ds.name})"
+
+
+def urls_for_split(spec: str | Sequence[str] | Mapping[str, Any], split: str, what: str) -> list[str]:
+    """The expanded URLs of ``split``: ``spec`` is one pattern / list for every split, or a mapping
+    split -> pattern (a missing split names the configured ones)."""
+    if isinstance(spec, Mapping):
+        if split not in spec:
+            raise KeyError(f"no {what} for split {split!r}; configured splits: {', '.join(spec)}")
+        spec = spec[split]
+    return expand_urls(spec)
+
+
+def shuffled_shard_stream(reader: Callable, *, urls: list[str], name: str, cycle_length: int, shuffle_buffer: int,
+                          seed: int, process_index: int, process_count: int, num_epochs: int | None,
+                          shuffle: bool) -> grain.IterDataset:
+    """``ShardedStream`` over ``urls`` read by ``reader``, interleaving ``cycle_length`` shards and
+    shuffling in a window of ``shuffle_buffer`` records when ``shuffle`` (training)."""
+    ds: grain.IterDataset = ShardedStream(urls, reader, name=name, seed=seed, shuffle=shuffle,
+                                          process_index=process_index, process_count=process_count,
+                                          num_epochs=num_epochs, cycle_length=cycle_length if shuffle else 1)
+    if shuffle and shuffle_buffer > 1:
+        ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
+    return ds
 
 
 def take(ds: grain.IterDataset, n: int) -> list:

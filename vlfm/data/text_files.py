@@ -12,12 +12,10 @@ import gzip
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import grain
-
 from vlfm.data.bad_data import TRUNCATED_SHARD, UNREADABLE_SHARD, BadSample
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.preprocess import build_processor
-from vlfm.data.streaming import ShardedStream, check_urls, expand_urls, open_url
+from vlfm.data.streaming import check_urls, open_url, shuffled_shard_stream, urls_for_split
 
 
 def read_lines(url: str, resume: dict | None = None) -> Iterator[tuple[Any, dict]]:
@@ -56,30 +54,16 @@ def read_lines(url: str, resume: dict | None = None) -> Iterator[tuple[Any, dict
         raw.close()
 
 
-def _stream(*, urls: list[str], name: str, cycle_length: int, shuffle_buffer: int, seed: int, process_index: int,
-            process_count: int, num_epochs: int | None, shuffle: bool) -> grain.IterDataset:
-    ds: grain.IterDataset = ShardedStream(urls, read_lines, name=name, seed=seed, shuffle=shuffle,
-                                          process_index=process_index, process_count=process_count,
-                                          num_epochs=num_epochs, cycle_length=cycle_length if shuffle else 1)
-    if shuffle and shuffle_buffer > 1:
-        ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
-    return ds
-
-
 @DATASETS.register("text_files")
 def text_files_dataset(split: str, paths: str | list | Mapping[str, Any], text: Mapping[str, Any],
                        name: str = "text_files", augment: bool | None = None, cycle_length: int = 4,
                        shuffle_buffer: int = 10_000) -> DatasetBundle:
     """Documents from text files (``paths``: pattern, list, or dict split -> pattern) for text-only
     objectives; ``text`` configures tokenisation and masking (``preprocess.TextField``)."""
-    if isinstance(paths, Mapping):
-        if split not in paths:
-            raise KeyError(f"no text files for split {split!r}; configured splits: {', '.join(paths)}")
-        paths = paths[split]
-    urls = expand_urls(paths)
+    urls = urls_for_split(paths, split, "text files")
     check_urls(urls, f"text_files {name} split {split}")
     train = split.startswith("train") if augment is None else augment
     processor = build_processor(name, train, text=dict(text, key="text"))
-    stream = functools.partial(_stream, urls=urls, name=name, cycle_length=cycle_length,
+    stream = functools.partial(shuffled_shard_stream, read_lines, urls=urls, name=name, cycle_length=cycle_length,
                                shuffle_buffer=shuffle_buffer)
     return DatasetBundle(stream=stream, random_transform=processor, info=processor.info())

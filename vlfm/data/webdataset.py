@@ -20,12 +20,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import grain
-
 from vlfm.data.bad_data import TRUNCATED_SHARD, UNREADABLE_SHARD, BadSample
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.preprocess import build_processor
-from vlfm.data.streaming import ShardedStream, check_urls, expand_urls, open_url
+from vlfm.data.streaming import check_urls, open_url, shuffled_shard_stream, urls_for_split
 
 
 # Tar member extensions each field reads unless its config gives a ``key``.
@@ -157,24 +155,6 @@ def write_shards(samples: Iterable[Mapping[str, Any]], pattern: str, maxcount: i
     return writer.paths
 
 
-def _stream(*, urls: list[str], name: str, cycle_length: int, shuffle_buffer: int, seed: int, process_index: int,
-            process_count: int, num_epochs: int | None, shuffle: bool) -> grain.IterDataset:
-    ds: grain.IterDataset = ShardedStream(urls, read_tar, name=name, seed=seed, shuffle=shuffle,
-                                          process_index=process_index, process_count=process_count,
-                                          num_epochs=num_epochs, cycle_length=cycle_length if shuffle else 1)
-    if shuffle and shuffle_buffer > 1:
-        ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
-    return ds
-
-
-def _urls_for_split(urls: str | list | Mapping[str, Any], split: str) -> list[str]:
-    if isinstance(urls, Mapping):
-        if split not in urls:
-            raise KeyError(f"no shards for split {split!r}; configured splits: {', '.join(urls)}")
-        urls = urls[split]
-    return expand_urls(urls)
-
-
 @DATASETS.register("webdataset")
 def webdataset_dataset(split: str, urls: str | list | Mapping[str, Any], name: str = "webdataset",
                        image: Mapping[str, Any] | None = None, text: Mapping[str, Any] | None = None,
@@ -189,14 +169,14 @@ def webdataset_dataset(split: str, urls: str | list | Mapping[str, Any], name: s
     ``shuffle_buffer`` samples are shuffled in windows (raw bytes, before decoding); ``cycle_length``
     shards are read at once.
     """
-    shard_urls = _urls_for_split(urls, split)
+    shard_urls = urls_for_split(urls, split, "shards")
     check_urls(shard_urls, f"webdataset {name} split {split}")
     train = split.startswith("train") if augment is None else augment
     specs = dict(image=image, text=text, label=label, **fields)
     specs = {k: (dict(v, key=v.get("key", _DEFAULT_KEYS.get(k, k))) if v is not None else None)
              for k, v in specs.items()}
     processor = build_processor(name, train, **specs)
-    stream = functools.partial(_stream, urls=shard_urls, name=name, cycle_length=cycle_length,
+    stream = functools.partial(shuffled_shard_stream, read_tar, urls=shard_urls, name=name, cycle_length=cycle_length,
                                shuffle_buffer=shuffle_buffer)
     info = dict(processor.info(), num_shards=len(shard_urls))
     return DatasetBundle(stream=stream, random_transform=processor, info=info)
