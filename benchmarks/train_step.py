@@ -42,7 +42,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -68,24 +67,6 @@ def synthetic_batch(example: dict, batch_size: int, seed: int = 0) -> dict:
         elif v.dtype.kind in "iu":
             out[k] = np.broadcast_to(v, (batch_size, *v.shape)).copy()
     return out
-
-
-def measure_matmul_tflops(dtype: str = "bfloat16", n: int | None = None, reps: int = 10) -> float:
-    """Achieved TFLOP/s of an n x n matmul on one device: median over ``reps`` timed runs."""
-    if n is None:
-        n = 1024 if jax.default_backend() == "cpu" else 8192
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    device = jax.local_devices()[0]
-    a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
-    b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
 def _commit() -> str | None:
@@ -170,7 +151,7 @@ def main(argv: list[str]) -> dict:
     if given:
         peak, source = float(given), "given"
     else:
-        peak, source = measure_matmul_tflops(args.matmul_dtype), f"measured {args.matmul_dtype} matmul"
+        peak, source = flops_lib.measure_matmul_flops(args.matmul_dtype) / 1e12, f"measured {args.matmul_dtype} matmul"
     vendor, _ = flops_lib.peak_flops_per_device()
     stats = jax.local_devices()[0].memory_stats() or {}
     memory = stats.get("peak_bytes_in_use")

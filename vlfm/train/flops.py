@@ -15,10 +15,13 @@ A training step costs 3x the forward (backward = 2x forward); rematerialisation 
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # Dense bf16 peak FLOP/s per chip, by device kind (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -101,3 +104,22 @@ def peak_flops_per_device(override: float | None = None) -> tuple[float | None, 
         if key.lower() in kind.lower():
             return value, kind
     return None, kind
+
+
+def measure_matmul_flops(dtype: str = "bfloat16", n: int | None = None, reps: int = 10) -> float:
+    """Achieved FLOP/s of an n x n matmul on one device (median of ``reps`` timed runs): the MFU
+    reference where no data-sheet peak is known (CPU), and the benchmark's measured peak."""
+    if n is None:
+        n = 1024 if jax.default_backend() == "cpu" else 8192
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    device = jax.local_devices()[0]
+    a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
+    b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times)

@@ -15,7 +15,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -42,18 +41,6 @@ log = logging.getLogger("vlfm")
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/Inf; the run stopped and the last good checkpoint was kept."""
-
-
-def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
-    """Achievable f32 matmul FLOP/s of this device, the MFU reference where no peak is known."""
-    x = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    f(x).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(reps):
-        y = f(x)
-    y.block_until_ready()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict[str, float]:
@@ -95,8 +82,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             fn = make_train_step(model, [by_name[n] for n in kind], tx, lr_schedule, seed=config.seed,
                                  accum_steps=accum, ema_decay=config.ema_decay, teachers=teachers,
                                  prefix_metrics=len(tasks) > 1)
-            step_fns[kind] = jax.jit(fn, in_shardings=(shardings, None, None),
-                                     out_shardings=(shardings, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            step_fns[kind] = jax.jit(fn, in_shardings=(shardings, None, None), out_shardings=(shardings, replicated),
                                      donate_argnums=0)
         if dry_run:
             report = _dry_run(config, step_fns, schedule, by_name, abstract, teacher_params, mesh)
@@ -123,7 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             peak, peak_source = flops_lib.peak_flops_per_device(
                 config.peak_tflops * 1e12 if config.peak_tflops else None)
             if peak is None:
-                peak, peak_source = _measure_matmul_flops(), "measured f32 matmul"
+                peak, peak_source = flops_lib.measure_matmul_flops("float32", n=1024, reps=5), "measured f32 matmul"
             log.info("model %s: %s parameters; tasks %s (schedule %s); peak %.3g FLOP/s per device (%s); mesh %s",
                      config.model.name, f"{n_params:,}", ", ".join(by_name), schedule.name, peak, peak_source,
                      dict(mesh.shape))
