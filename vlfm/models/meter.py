@@ -121,23 +121,28 @@ class CoAttentionModel(FusionModel):
         return {"text_tokens": x, "image_tokens": y, "text_mask": text["mask"],
                 "image_mask": jnp.ones(y.shape[:2], bool), "pooled": pooled}
 
+    def _image_embed(self, image: dict) -> jax.Array:
+        """Normalised contrastive embedding of the last bridged image layer's class token (+ its type)."""
+        types = self.type_embed().astype(image["layers"].dtype)
+        return l2_normalize(self.itc_image_head(image["layers"][:, -1, 0] + types[1]))
+
+    def _text_embed(self, tokens: jax.Array) -> jax.Array:
+        """Normalised contrastive embedding of the text tower's first token."""
+        return l2_normalize(self.itc_text_head(tokens[:, 0]))
+
     def contrastive_outputs(self, text: dict, image: dict) -> dict:
         if not self.contrastive_dim:
             return {}
-        types = self.type_embed().astype(image["layers"].dtype)
-        return {"image_embed": l2_normalize(self.itc_image_head(image["layers"][:, -1, 0] + types[1])),
-                "text_embed": l2_normalize(self.itc_text_head(text["last"][:, 0])),
+        return {"image_embed": self._image_embed(image), "text_embed": self._text_embed(text["last"]),
                 "logit_scale": jnp.exp(jnp.minimum(self.logit_scale, self.max_logit_scale))}
 
     def encode_image_embed(self, images: jax.Array) -> jax.Array:
         """Normalised contrastive image embedding (the dual-encoder half, for retrieval)."""
-        image = self.encode_image(images, False)
-        types = self.type_embed().astype(image["layers"].dtype)
-        return l2_normalize(self.itc_image_head(image["layers"][:, -1, 0] + types[1]))
+        return self._image_embed(self.encode_image(images, False))
 
     def encode_text_embed(self, ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Normalised contrastive text embedding."""
-        return l2_normalize(self.itc_text_head(self.text_tower(ids, mask)["tokens"][:, 0]))
+        return self._text_embed(self.text_tower(ids, mask)["tokens"])
 
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
         out = super().__call__(batch, train=train)
