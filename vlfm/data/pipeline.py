@@ -227,3 +227,10 @@ def batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size) % n
         yield {k: v[idx] for k, v in arrays.items()}
+
+
+def predict_all(fn: Callable, params: Any, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """``fn(params, batch)`` over fixed-size ``batches`` of ``arrays`` (one compiled shape), as one
+    float32 array with the padding rows dropped: how evaluators run a model over a held-out split."""
+    n = len(next(iter(arrays.values())))
+    return np.concatenate([np.asarray(fn(params, b), np.float32) for b in batches(arrays, batch_size)])[:n]

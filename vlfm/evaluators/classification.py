@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vlfm.data.pipeline import batches, build_dataset, eval_arrays
+from vlfm.data.pipeline import build_dataset, eval_arrays, predict_all
 from vlfm.evaluators.registry import EVALUATORS
 
 
@@ -22,9 +22,8 @@ class ClassificationEvaluator:
         self.batch_size = batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        n = len(self.arrays["label"])
-        logits = np.concatenate([np.asarray(self.predict(params, {k: v for k, v in b.items() if k != "label"}))
-                                 for b in batches(self.arrays, self.batch_size)])[:n]
+        inputs = {k: v for k, v in self.arrays.items() if k != "label"}
+        logits = predict_all(self.predict, params, inputs, self.batch_size)
         yield "accuracy", float(np.mean(np.argmax(logits, -1) == self.arrays["label"]))
 
 
@@ -54,9 +53,8 @@ class MaskedTokenEvaluator:
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         targets = self.arrays["mlm_targets"]
-        n = len(targets)
         inputs = {k: v for k, v in self.arrays.items() if k != "mlm_targets"}
-        logits = np.concatenate([np.asarray(self.predict(params, b)) for b in batches(inputs, self.batch_size)])[:n]
+        logits = predict_all(self.predict, params, inputs, self.batch_size)
         valid = targets >= 0
         yield "accuracy", float(np.mean(np.argmax(logits, -1)[valid] == targets[valid]))
         yield "unigram_baseline", self.unigram

@@ -15,14 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlfm.data.pipeline import batches, build_dataset, eval_arrays
+from vlfm.data.pipeline import build_dataset, eval_arrays, predict_all
 from vlfm.evaluators.registry import EVALUATORS
 from vlfm.evaluators.retrieval import recall_at_k
-
-
-def _predict_all(fn: Callable, params: Any, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
-    n = len(next(iter(arrays.values())))
-    return np.concatenate([np.asarray(fn(params, b), np.float32) for b in batches(arrays, batch_size)])[:n]
 
 
 @EVALUATORS.register("vqa")
@@ -40,7 +35,7 @@ class VqaEvaluator:
         self.batch_size = batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        logits = _predict_all(self.predict, params, self.inputs, self.batch_size)
+        logits = predict_all(self.predict, params, self.inputs, self.batch_size)
         rows = np.arange(len(logits))
         yield "accuracy", float(self.targets[rows, np.argmax(logits, -1)].mean())
         yield "prior_baseline", float(self.targets[:, np.argmax(self.targets.sum(0))].mean())
@@ -66,7 +61,7 @@ class VlMaskedTokenEvaluator:
         self.unigram = float(counts.max() / counts.sum()) if len(counts) else 0.0
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        logits = _predict_all(self.predict, params, self.inputs, self.batch_size)
+        logits = predict_all(self.predict, params, self.inputs, self.batch_size)
         valid = self.targets >= 0
         yield "accuracy", float(np.mean(np.argmax(logits, -1)[valid] == self.targets[valid]))
         yield "unigram_baseline", self.unigram
@@ -87,8 +82,8 @@ class ItmEvaluator:
         self.batch_size = batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        pos = _predict_all(self.predict, params, self.pos, self.batch_size)
-        neg = _predict_all(self.predict, params, self.neg, self.batch_size)
+        pos = predict_all(self.predict, params, self.pos, self.batch_size)
+        neg = predict_all(self.predict, params, self.neg, self.batch_size)
         yield "accuracy", float(0.5 * (np.mean(pos > 0) + np.mean(neg < 0)))
         yield "ranking_accuracy", float(np.mean(pos > neg))
 
@@ -165,7 +160,7 @@ class ItmRerankRetrievalEvaluator:
         query = np.repeat(np.arange(len(sim)), k)
         image_idx, text_idx = (query, top.ravel()) if images_first else (top.ravel(), query)
         pairs = {"image": self.images[image_idx], **{key: v[text_idx] for key, v in self.texts.items()}}
-        itm = _predict_all(self.itm_score, params, pairs, self.batch_size).reshape(len(sim), k)
+        itm = predict_all(self.itm_score, params, pairs, self.batch_size).reshape(len(sim), k)
         if self.combine == "sum":
             itm = itm + weight * np.take_along_axis(sim, top, axis=1)
         top = np.take_along_axis(top, np.argsort(-itm, axis=1, kind="stable"), axis=1)
@@ -176,8 +171,8 @@ class ItmRerankRetrievalEvaluator:
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         dual_params = params if self.dual_params is None else self.dual_params
-        zi = _predict_all(self.encode_image, dual_params, {"image": self.images}, self.batch_size)
-        zt = _predict_all(self.encode_text, dual_params, self.texts, self.batch_size)
+        zi = predict_all(self.encode_image, dual_params, {"image": self.images}, self.batch_size)
+        zt = predict_all(self.encode_text, dual_params, self.texts, self.batch_size)
         sim = zi @ zt.T
         weight = self._weight(dual_params) if self.combine == "sum" else 0.0
         for direction, s in (("i2t", sim), ("t2i", sim.T)):

@@ -7,14 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from vlfm.data.pipeline import batches, build_dataset, eval_arrays
+from vlfm.data.pipeline import build_dataset, eval_arrays, predict_all
 from vlfm.evaluators.registry import EVALUATORS
-
-
-def _embed(fn: Callable, params: Any, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
-    n = len(next(iter(arrays.values())))
-    out = [np.asarray(fn(params, b), np.float32) for b in batches(arrays, batch_size)]
-    return np.concatenate(out)[:n]
 
 
 def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -39,8 +33,8 @@ class RetrievalEvaluator:
         self.chance = 1.0 / len(arrays["image"])
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        zi = _embed(self.encode_image, params, self.images, self.batch_size)
-        zt = _embed(self.encode_text, params, self.texts, self.batch_size)
+        zi = predict_all(self.encode_image, params, self.images, self.batch_size)
+        zt = predict_all(self.encode_text, params, self.texts, self.batch_size)
         sim = zi @ zt.T
         for name, value in recall_at_k(sim).items():
             yield f"i2t_{name}", value
@@ -69,10 +63,10 @@ class ZeroShotClassificationEvaluator:
         self.batch_size = batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        zt = _embed(self.encode_text, params, self.prompts, self.batch_size)
+        zt = predict_all(self.encode_text, params, self.prompts, self.batch_size)
         zt = zt.reshape(self.num_classes, self.num_templates, -1).mean(axis=1)
         zt /= np.linalg.norm(zt, axis=-1, keepdims=True)
-        zi = _embed(self.encode_image, params, self.images, self.batch_size)
+        zi = predict_all(self.encode_image, params, self.images, self.batch_size)
         logits = zi @ zt.T
         top5 = np.argsort(-logits, axis=1)[:, :5]
         yield "accuracy", float(np.mean(top5[:, 0] == self.labels))
