@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Dense bf16 peak FLOP/s per chip, by device kind (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -111,10 +112,10 @@ def measure_matmul_flops(dtype: str = "bfloat16", n: int | None = None, reps: in
     reference where no data-sheet peak is known (CPU), and the benchmark's measured peak."""
     if n is None:
         n = 1024 if jax.default_backend() == "cpu" else 8192
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    device = jax.local_devices()[0]
-    a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
-    b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)
+    # Uncommitted host-made arrays (this process's default device): inside a multi-process mesh context,
+    # jax.random would make global arrays and committed single-device ones clash with the context mesh.
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32), dtype) for _ in range(2))
     matmul = jax.jit(jnp.matmul)
     matmul(a, b).block_until_ready()
     times = []
