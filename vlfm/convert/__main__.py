@@ -3,7 +3,9 @@
     python -m vlfm.convert import HF_DIR OUT_DIR [--no-scan]
         -> OUT_DIR/params (vlfm params export) and OUT_DIR/model_config.json
     python -m vlfm.convert export PARAMS_DIR MODEL_CONFIG_JSON HF_DIR
-        -> HF_DIR/config.json and HF_DIR/model.safetensors
+    python -m vlfm.convert export WORKDIR HF_DIR
+        -> HF_DIR/config.json and HF_DIR/model.safetensors; a training WORKDIR gives its params export
+           (WORKDIR/params) and the model of its resolved config (WORKDIR/config.json, overrides included)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sys
 
 from vlfm.convert.hf import load_hf, save_hf
+from vlfm.train.config import load_workdir_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("hf_dir")
     imp.add_argument("out_dir")
     imp.add_argument("--no-scan", action="store_true", help="per-layer params instead of a scanned stack")
-    exp = sub.add_parser("export", help="vlfm params export + model config -> HF checkpoint directory")
-    exp.add_argument("params_dir")
-    exp.add_argument("model_config")
-    exp.add_argument("hf_dir")
+    exp = sub.add_parser("export", help="vlfm params export + model config (or a training workdir) -> HF checkpoint "
+                                        "directory", usage="%(prog)s (PARAMS_DIR MODEL_CONFIG_JSON | WORKDIR) HF_DIR")
+    exp.add_argument("paths", nargs="+", metavar="PATH",
+                     help="PARAMS_DIR MODEL_CONFIG_JSON HF_DIR, or WORKDIR HF_DIR")
     args = parser.parse_args(argv)
+    if args.command == "export" and len(args.paths) not in (2, 3):
+        exp.error(f"expected PARAMS_DIR MODEL_CONFIG_JSON HF_DIR or WORKDIR HF_DIR, got {len(args.paths)} paths")
 
     # Imported lazily: orbax is only needed here, not by load_hf/save_hf.
     from vlfm.train.checkpoint import export_params, load_params
@@ -41,10 +46,15 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(model_config, f, indent=2)
         print(f"wrote {args.out_dir}/params and {args.out_dir}/model_config.json ({model_config['name']})")
     else:
-        with open(args.model_config) as f:
-            model_config = json.load(f)
-        save_hf(model_config, load_params(args.params_dir), args.hf_dir)
-        print(f"wrote {args.hf_dir}/config.json and {args.hf_dir}/model.safetensors")
+        if len(args.paths) == 2:  # a training workdir: its params export and resolved config
+            workdir, hf_dir = args.paths
+            params_dir, model_config = os.path.join(workdir, "params"), load_workdir_config(workdir).model.to_dict()
+        else:
+            params_dir, model_config_path, hf_dir = args.paths
+            with open(model_config_path) as f:
+                model_config = json.load(f)
+        save_hf(model_config, load_params(params_dir), hf_dir)
+        print(f"wrote {hf_dir}/config.json and {hf_dir}/model.safetensors")
     return 0
 
 

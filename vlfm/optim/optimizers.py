@@ -21,6 +21,9 @@ from vlfm.optim.schedules import build_schedule
 # Parameters matching these path patterns get no weight decay: norms, biases, embeddings, scalars.
 DEFAULT_NO_DECAY = (r".*bias$", r".*(ln|norm)[^/]*/.*", r".*(embed|cls|probe)[^/]*/.*", r".*logit_(scale|bias)$",
                     r".*/(ls1|ls2)$")
+# Every key ``build_optimizer`` reads (the config schema checks optimizer sections against it).
+OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "no_decay", "clip_norm", "b1", "b2", "eps", "momentum", "mu_dtype",
+                  "lr_multipliers", "layer_decay")
 
 
 def path_mask(params: Any, patterns: Sequence[str], match_value: bool) -> Any:
@@ -50,8 +53,7 @@ def build_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.Gra
     multipliers = cfg.pop("lr_multipliers", None)
     layer_decay = cfg.pop("layer_decay", None)
     if cfg:
-        raise KeyError(f"unknown optimizer keys {sorted(cfg)}; valid: name, lr, weight_decay, no_decay, clip_norm, "
-                       "b1, b2, eps, momentum, mu_dtype, lr_multipliers, layer_decay")
+        raise KeyError(f"unknown optimizer keys {sorted(cfg)}; valid: {', '.join(OPTIMIZER_KEYS)}")
 
     decay_mask = lambda params: path_mask(params, no_decay, match_value=False)  # noqa: E731
     if name == "adamw":

@@ -8,6 +8,7 @@ from typing import Any
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
+SCHEDULE_KEYS = ("name", "peak", "warmup_steps", "end", "timescale")  # every key build_schedule reads
 
 
 def build_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
@@ -20,7 +21,7 @@ def build_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     end = float(cfg.pop("end", 0.0))
     timescale = int(cfg.pop("timescale", 10_000))
     if cfg:
-        raise KeyError(f"unknown schedule keys {sorted(cfg)}; valid: name, peak, warmup_steps, end, timescale")
+        raise KeyError(f"unknown schedule keys {sorted(cfg)}; valid: {', '.join(SCHEDULE_KEYS)}")
     decay_steps = max(total_steps - warmup, 1)
     if name == "constant":
         main = optax.constant_schedule(peak)

@@ -1,4 +1,4 @@
-"""``python -m vlfm.train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value ...]``."""
+"""``python -m vlfm.train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value ...] [--dry_run]``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,28 @@ import sys
 
 USAGE = ("usage: python -m vlfm.train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value ...] "
          "[--dry_run]")
+HELP = f"""{USAGE}
+
+Trains (or resumes) the model of a config file in a workdir.
+
+options:
+  --config PATH.py[:ARG]  the config file (its get_config(ARG)); starts from vlfm.train.config.base_config()
+  --workdir DIR           where the run lives: config.json (the resolved config and code version),
+                          metrics.jsonl, tensorboard/, checkpoints/, params/; running again resumes
+  --config.a.b=VALUE      overrides one field (repeatable); any key the section's code accepts may be set,
+                          also one the config file leaves at its default (e.g. --config.model.image.remat=full);
+                          VALUE is parsed as the field's type (Python literals for tuples and dicts)
+  --dry_run               only compiles the train step for the configured mesh and logs the parameter
+                          count and per-device memory and FLOPs (exit status 4 if it will not fit)
+  -h, --help              this text; with --config (and overrides): the resolved config's fields with
+                          their values and the other keys each section accepts
+
+exit status: 0 done, 2 config error, 3 NaN/Inf loss, 4 the step will not fit (--dry_run)"""
 
 
-def parse_args(argv: list[str]) -> tuple[str, str, list[str], bool]:
-    config, workdir, overrides, dry_run = None, None, [], False
+def parse_args(argv: list[str]) -> tuple[str | None, str | None, list[str], bool, bool]:
+    """-> (config spec, workdir, overrides, dry_run, help)."""
+    config, workdir, overrides, dry_run, want_help = None, None, [], False, False
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -32,45 +50,49 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[str], bool]:
         elif arg == "--dry_run":
             dry_run = True
         elif arg in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
+            want_help = True
         else:
             raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
         i += 1
-    if not config or not workdir:
+    if not want_help and (not config or not workdir):
         raise SystemExit(USAGE)
-    return config, workdir, overrides, dry_run
+    return config, workdir, overrides, dry_run, want_help
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config_spec, workdir, overrides, dry_run = parse_args(sys.argv[1:] if argv is None else argv)
+    config_spec, workdir, overrides, dry_run, want_help = parse_args(sys.argv[1:] if argv is None else argv)
+    if want_help and not config_spec:
+        print(HELP)
+        return 0
+    # Imported here, not at the top: distributed.initialize must run before any other JAX call.
     from vlfm.train import distributed
 
-    distributed.initialize()  # before any other JAX call; a no-op for single-process runs
+    if not want_help:
+        distributed.initialize()  # a no-op for single-process runs
     from vlfm.train.aot import WillNotFitError
-    from vlfm.train.config import ConfigError, load_config
+    from vlfm.train.config import ConfigError, describe_config, load_config
     from vlfm.train.trainer import NonFiniteLossError, train
 
     try:
         config = load_config(config_spec, overrides)
-    except (ConfigError, KeyError) as e:
+        if want_help:
+            print(f"{USAGE}\n\nfields of {config_spec} (after overrides) and the keys each section accepts:\n")
+            print(describe_config(config))
+            return 0
+        logging.getLogger("vlfm").info("config:\n%s", config)
+        train(config, workdir, dry_run=dry_run)
+    except ConfigError as e:  # loading or validating the config; any other error keeps its traceback
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    logging.getLogger("vlfm").info("config:\n%s", config)
-    try:
-        train(config, workdir, dry_run=dry_run)
     except WillNotFitError as e:
         logging.getLogger("vlfm").error("%s", e)
         return 4
     except NonFiniteLossError as e:
         logging.getLogger("vlfm").error("%s", e)
         return 3
-    except KeyError as e:
-        print(f"config error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
     return 0
 
 

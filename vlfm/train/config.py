@@ -1,24 +1,35 @@
-"""Configs: the base config every experiment starts from, loading config files, and overrides.
+"""Configs: the base config every experiment starts from, loading config files, overrides, and the
+resolved config a run writes into its workdir.
 
 A config file defines ``get_config(arg: str | None = None) -> ml_collections.ConfigDict``; the
 command line names it ``--config path.py[:arg]`` and overrides any field with ``--config.a.b=value``.
-Overrides and config files are checked against the base config, so a typo fails at once with the
-valid keys rather than being silently ignored.
+Config files and overrides are checked against the schema of what reads each section
+(``vlfm.train.schema``: model and tower fields, dataset and preprocessing parameters, optimizer,
+losses, evaluators, ...), so a typo fails at once with the valid keys, and an override may set any
+field the code accepts, also one the config file leaves at its default.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from etils import epath
 from ml_collections import ConfigDict
 
-class ConfigError(ValueError):
-    """A config key or override that does not exist, or a value that cannot be parsed."""
+import vlfm
+from vlfm.train.schema import MISSING, ConfigError, Key, Section, config_schema, is_section, unknown_key_error, validate
+
+__all__ = ["ConfigError", "apply_override", "base_config", "config_from_record", "config_record", "describe_config",
+           "load_config", "load_config_file", "load_workdir_config", "save_workdir_config", "validate_config"]
+
+CONFIG_FILE = "config.json"  # WORKDIR/config.json: the resolved config of the run, with code version
 
 
 def base_config() -> ConfigDict:
@@ -35,7 +46,7 @@ def base_config() -> ConfigDict:
     c.tasks = ConfigDict()
     c.schedule = "round_robin"  # round_robin, uniform, weighted, accumulate, stages
     c.gradient_combiner = ConfigDict(dict(name="sum"))  # or gradient_masking (vlfm.optim.combine)
-    c.teachers = ConfigDict()  # name -> config/model + params/hf (vlfm.train.teachers)
+    c.teachers = ConfigDict()  # name -> config/model/workdir + params/checkpoint, or hf (vlfm.train.teachers)
     # Fine-tuning: start from another run's params (vlfm.train.init_from); one of params/checkpoint/hf.
     c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, skip=(), rename=(), grow_rows=()))
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
@@ -54,16 +65,21 @@ def base_config() -> ConfigDict:
     return c
 
 
-def check_keys(config: ConfigDict) -> None:
-    """Fails on top-level keys the base config does not know."""
-    valid = set(base_config().keys())
-    unknown = sorted(set(config.keys()) - valid)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; valid top-level keys: {', '.join(sorted(valid))}")
+def schema() -> Section:
+    """The top-level schema (keys of ``base_config`` and the schemas of its sections)."""
+    return config_schema(base_config())
+
+
+def validate_config(config: ConfigDict) -> None:
+    """Fails (ConfigError, naming the valid keys) on any key no schema accepts, in every section."""
+    validate(config, schema())
+
+
+check_keys = validate_config  # the name the trainer used before the schema covered every section
 
 
 def load_config_file(spec: str) -> ConfigDict:
-    """``path.py`` or ``path.py:arg`` -> the file's ``get_config(arg)``."""
+    """``path.py`` or ``path.py:arg`` -> the file's ``get_config(arg)``, validated."""
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
@@ -73,11 +89,20 @@ def load_config_file(spec: str) -> ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config()")
     config = module.get_config(arg) if arg else module.get_config()
-    check_keys(config)
+    validate_config(config)
     return config
 
 
-def _parse_value(text: str, current: Any) -> Any:
+def _annotation_names(annotation: Any) -> tuple[set[str], bool]:
+    """``"float | None"`` -> ({"float"}, True): the type names of an annotation and whether None is allowed."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = [p.strip() for p in text.replace("Optional[", "").split("|")]
+    names = {p.split("[")[0] for p in parts if p not in ("None", "")}
+    return names, "None" in parts or "Optional[" in text
+
+
+def _parse_like(text: str, current: Any) -> Any:
+    """Parses ``text`` as a value of ``current``'s type (None: any Python literal, else the string)."""
     if isinstance(current, bool):
         if text.lower() in ("true", "1", "yes"):
             return True
@@ -89,57 +114,209 @@ def _parse_value(text: str, current: Any) -> Any:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        if current is None or isinstance(current, str):
+        if current is None:
             return text
         raise ConfigError(f"cannot parse {text!r} as a {type(current).__name__}") from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
-    if isinstance(current, (int, float)) and not isinstance(value, (int, float)) and current is not None:
+    if isinstance(current, (int, float)) and not isinstance(value, (int, float)):
         raise ConfigError(f"expected a {type(current).__name__}, got {text!r}")
     return value
 
 
+_EXAMPLES = {"bool": False, "int": 0, "float": 0.0, "str": ""}
+
+
+def _parse_value(text: str, current: Any, key: Key | None = None) -> Any:
+    """A command-line string as the field's type: its current value's, else the schema default's or annotation's."""
+    if current is not None:
+        return _parse_like(text, current)
+    if key is not None and key.default not in (None, MISSING):
+        return _parse_like(text, key.default)
+    if key is not None and key.annotation is not None:
+        names, optional = _annotation_names(key.annotation)
+        if optional and text in ("None", "none", "null"):
+            return None
+        if len(names) == 1 and next(iter(names)) in _EXAMPLES:
+            return _parse_like(text, _EXAMPLES[next(iter(names))])
+        if names and names <= {"int", "float"}:
+            return _parse_like(text, 0.0 if "." in text or "e" in text.lower() else 0)
+    return _parse_like(text, None)
+
+
 def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
-    """Sets ``a.b.c`` from a command-line string; unknown keys fail with the valid names."""
+    """Sets ``a.b.c`` from a command-line string. Any key the section's schema accepts may be set (added
+    when the config leaves it out, its type from the schema); unknown keys fail with the valid names."""
     parts = dotted.split(".")
-    node = config
+    node, section = config, schema()
     for i, key in enumerate(parts):
-        where = ".".join(parts[:i]) or "the config"
-        keys = list(node.keys())
+        path = ".".join(parts[:i])
         last = i == len(parts) - 1
-        if key not in keys:
-            raise ConfigError(f"unknown config key {dotted!r}: {where} has no {key!r}; "
-                              f"valid keys: {', '.join(sorted(keys))}")
+        if section is None:  # a free mapping (e.g. lr_multipliers): only the keys it has
+            if key not in node:
+                raise ConfigError(f"unknown config key {dotted!r}: {path} has no {key!r}; "
+                                  f"valid keys: {', '.join(sorted(node.keys()))}")
+            spec, child = None, None
+        elif section.entries is not None:  # a collection (tasks, losses, evals, teachers, ...)
+            if key not in node and not last:
+                raise ConfigError(f"unknown config key {dotted!r}: {path} has no entry {key!r}; entries: "
+                                  f"{', '.join(sorted(node.keys())) or '(none)'} (add one whole: "
+                                  f"--config.{path}.{key}='{{...}}')")
+            spec, child = Key(), (lambda k, v, s=section: s.entries(k, v))
+        else:
+            if key not in section.keys and not section.open:
+                raise unknown_key_error(path, section, key)
+            spec, child = section.keys.get(key), section.children
         if last:
             try:
-                node[key] = _parse_value(text, node[key])
-            except ConfigError as e:
-                raise ConfigError(f"override {dotted}={text}: {e}") from None
-            except TypeError as e:
+                node[key] = _parse_value(text, node.get(key), spec)
+            except (ConfigError, TypeError) as e:
                 raise ConfigError(f"override {dotted}={text}: {e}") from None
             return
-        if not isinstance(node[key], (ConfigDict, dict)):
+        if node.get(key) is None:  # a section the schema knows but the config leaves out: start it empty
+            if child is None or child(key, ConfigDict()) is None:
+                raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is not set; set it whole "
+                                  f"(--config.{'.'.join(parts[:i + 1])}='{{...}}')")
+            node[key] = ConfigDict()
+        if not is_section(node[key]):
             raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is a value, not a section")
+        section = child(key, node[key]) if child is not None else None
         node = node[key]
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
-    """A config file plus ``a.b=value`` overrides."""
+    """A config file plus ``a.b=value`` overrides, validated."""
     config = load_config_file(spec)
-    with config.unlocked() if hasattr(config, "unlocked") else _noop():
+    with config.unlocked():
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             apply_override(config, key, value)
+    validate_config(config)
     return config
 
 
-class _noop:
-    def __enter__(self):
-        return self
+# ----------------------------------------------------------------------------------------------------
+# The resolved config in the workdir and in checkpoints: JSON that round-trips exactly (tuples stay
+# tuples, placeholders keep their type, ConfigDicts inside tuples stay ConfigDicts).
 
-    def __exit__(self, *exc):
-        return False
+_TYPES = {t.__name__: t for t in (bool, int, float, str, tuple, list, dict)}
+
+
+def _encode(value: Any, path: str) -> Any:
+    if isinstance(value, ConfigDict):
+        return {k: _encode_field(value, k, f"{path}.{k}" if path else k) for k in value.keys()}
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config value {path} has non-string keys; it cannot be written as JSON")
+        return {"__dict__": {k: _encode(v, f"{path}.{k}") for k, v in value.items()}}
+    if isinstance(value, (tuple, list)):
+        items = [{"__configdict__": _encode(v, path)} if isinstance(v, ConfigDict) else _encode(v, path)
+                 for v in value]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ConfigError(f"config value {path} = {value!r} ({type(value).__name__}) cannot be written as JSON")
+
+
+def _encode_field(config: ConfigDict, key: str, path: str) -> Any:
+    ref = config._fields.get(key)
+    if isinstance(ref, ml_collections.FieldReference):  # a placeholder (or a link): its type and value
+        type_name = ref.get_type().__name__
+        if type_name not in _TYPES:
+            raise ConfigError(f"config value {path} is a reference of type {type_name}; it cannot be written")
+        return {"__placeholder__": type_name, "value": _encode(ref.get(), path)}
+    return _encode(config[key], path)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"__tuple__"}:
+        return tuple(_decode(v) for v in value["__tuple__"])
+    if set(value) == {"__dict__"}:
+        return {k: _decode(v) for k, v in value["__dict__"].items()}
+    if set(value) == {"__configdict__"}:
+        return ConfigDict(_decode(value["__configdict__"]))
+    if set(value) == {"__placeholder__", "value"}:
+        return ml_collections.FieldReference(_decode(value["value"]), field_type=_TYPES[value["__placeholder__"]])
+    return ConfigDict({k: _decode(v) for k, v in value.items()})
+
+
+def code_commit() -> str:
+    """The git commit of the checkout vlfm is imported from ("unknown" outside a git checkout)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(vlfm.__file__)))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def config_record(config: ConfigDict) -> dict:
+    """JSON-ready ``{"config", "commit", "vlfm_version"}``: what a run writes to its workdir and checkpoints."""
+    return {"config": _encode(config, ""), "commit": code_commit(), "vlfm_version": vlfm.__version__}
+
+
+def config_from_record(record: Mapping[str, Any]) -> ConfigDict:
+    """The config of a ``config_record`` (as read back from JSON or checkpoint metadata)."""
+    if "config" not in record:
+        raise ConfigError(f"no 'config' in the record (keys: {', '.join(sorted(record))})")
+    return _decode(record["config"])
+
+
+def save_workdir_config(config: ConfigDict, workdir: str | os.PathLike) -> epath.Path:
+    """Writes ``WORKDIR/config.json`` (the resolved config, the code's commit and the vlfm version)."""
+    path = epath.Path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config_record(config), indent=1))
+    return path
+
+
+def load_workdir_config(workdir: str | os.PathLike) -> ConfigDict:
+    """The resolved config a run wrote into ``workdir`` (``save_workdir_config``), exactly."""
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir} (a run writes it when it starts training)")
+    return config_from_record(json.loads(path.read_text()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# ``python -m vlfm.train --config X --help``: the resolved fields and what each section accepts.
+
+def describe_config(config: ConfigDict) -> str:
+    """Every section of ``config``: its set fields with their values and the other keys its schema accepts."""
+    lines: list[str] = []
+    _describe(config, schema(), "", lines)
+    return "\n".join(lines)
+
+
+def _describe(node: Any, section: Section | None, path: str, lines: list[str]) -> None:
+    title = path or "(top level)"
+    if section is not None and section.entries is not None:
+        lines.append(f"[{title}] entries: {', '.join(node.keys()) or '(none)'}")
+        for name in node.keys():
+            value = node[name] or ConfigDict()
+            _describe(value, section.entries(name, value), f"{path}.{name}", lines)
+        return
+    lines.append(f"[{title}]" + (f" {section.what}" if section is not None else " (free mapping)"))
+    nested = []
+    for key in node.keys():
+        value = node[key]
+        child = section.children(key, value) if section is not None else None
+        if is_section(value):
+            nested.append((key, value, child))
+        else:
+            lines.append(f"  {key} = {value!r}")
+    if section is not None:
+        unset = [f"{k}={v.default!r}" if v.default is not MISSING else k for k, v in section.keys.items()
+                 if k not in node.keys()]
+        if unset:
+            lines.append(f"  also accepts: {', '.join(unset)}" + (" (and any other key)" if section.open else ""))
+    for key, value, child in nested:
+        _describe(value, child, f"{path}.{key}" if path else key, lines)

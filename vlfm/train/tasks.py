@@ -153,7 +153,8 @@ class TaskIterators:
 
 
 def build_iterators(tasks: Sequence[Task], seed: int, num_workers: int = 0) -> TaskIterators:
-    """One seeded, host-sharded iterator per task (different seeds per task)."""
+    """One seeded, host-sharded iterator per task (different seeds per task); a task's own
+    ``data.num_workers`` wins over ``num_workers`` (the run's default)."""
     return TaskIterators({t.name: train_iterator(t.bundle, global_batch_size=t.batch_size, seed=seed + 1000 * i,
-                                                 num_workers=num_workers)
+                                                 num_workers=int(t.data_cfg.get("num_workers", num_workers)))
                           for i, t in enumerate(tasks)})

@@ -3,7 +3,9 @@
 ``config.teachers`` maps a name to either ``config`` (a vlfm config file whose ``model`` is the
 teacher) or ``model`` (a model config), plus ``params`` (a params export, e.g. ``workdir/params``
 of the run that trained it) or ``checkpoint`` (a training run's ``workdir/checkpoints``: its latest
-step); or to ``hf`` alone (an HF checkpoint directory, converted on load). Teachers
+step); or to ``workdir`` alone (a training run's workdir: the model of its resolved config, overrides
+included, and its params export, else its latest checkpoint); or to ``hf`` alone (an HF checkpoint
+directory, converted on load). Teachers
 run inside the jitted step under ``stop_gradient``; their parameters are arguments of the step,
 never captured constants.
 """
@@ -21,9 +23,9 @@ import numpy as np
 
 from vlfm.models import build_model
 from vlfm.train.checkpoint import load_params, load_params_from_checkpoint
+from vlfm.train.config import load_config_file, load_workdir_config
+from vlfm.train.schema import TEACHER_KEYS
 from vlfm.train.state import strip_boxes
-
-TEACHER_KEYS = ("config", "model", "params", "checkpoint", "hf")
 
 
 @dataclasses.dataclass
@@ -37,10 +39,26 @@ def _teacher_model_cfg(name: str, cfg: Mapping[str, Any]) -> dict:
     if "model" in cfg:
         return dict(cfg["model"])
     if "config" in cfg:
-        from vlfm.train.config import load_config_file
-
         return load_config_file(cfg["config"]).model.to_dict()
-    raise KeyError(f"teacher {name!r} needs 'config' (a config file) or 'model' (a model config)")
+    if "workdir" in cfg:
+        return load_workdir_config(cfg["workdir"]).model.to_dict()
+    raise KeyError(f"teacher {name!r} needs 'config' (a config file), 'model' (a model config) or 'workdir' "
+                   "(a training run)")
+
+
+def _workdir_sources(name: str, cfg: dict) -> dict:
+    """``workdir=DIR`` -> its params export (``DIR/params``), else its checkpoints (``DIR/checkpoints``)."""
+    if "workdir" not in cfg:
+        return cfg
+    given = sorted(set(cfg) & {"config", "model", "params", "checkpoint", "hf"})
+    if given:
+        raise KeyError(f"teacher {name!r}: 'workdir' brings its own model and params; drop {given}")
+    params, checkpoint = os.path.join(cfg["workdir"], "params"), os.path.join(cfg["workdir"], "checkpoints")
+    if os.path.isdir(params):
+        return dict(cfg, params=params)
+    if os.path.isdir(checkpoint):
+        return dict(cfg, checkpoint=checkpoint)
+    raise FileNotFoundError(f"teacher {name!r}: workdir {cfg['workdir']!r} has neither params/ nor checkpoints/")
 
 
 def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch: Mapping[str, np.ndarray], mesh,
@@ -52,6 +70,7 @@ def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch:
         unknown = sorted(set(cfg) - set(TEACHER_KEYS))
         if unknown:
             raise KeyError(f"teacher {name!r} has unknown keys {unknown}; valid keys: {', '.join(TEACHER_KEYS)}")
+        cfg = _workdir_sources(name, cfg)
         if "hf" in cfg:
             from vlfm.convert.hf import load_hf
 

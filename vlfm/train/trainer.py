@@ -26,7 +26,7 @@ from vlfm.optim.combine import build_combiner
 from vlfm.train import aot, distributed
 from vlfm.train import flops as flops_lib
 from vlfm.train.checkpoint import Checkpointer, export_params
-from vlfm.train.config import check_keys
+from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import SOURCES, init_params_from
 from vlfm.train.metrics_writer import MetricWriter, format_duration
@@ -49,7 +49,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     With ``dry_run`` it only compiles the step ahead of time for the configured mesh and returns the
     per-device memory and FLOPs (raising ``WillNotFitError`` when it cannot fit).
     """
-    check_keys(config)
+    validate_config(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(config.mesh.shape)
     rules = rules_from_config(config.mesh.get("rules", ()))
@@ -86,10 +86,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             step_fns[kind] = jax.jit(fn, in_shardings=(shardings, None, None), out_shardings=(shardings, replicated),
                                      donate_argnums=0)
         if dry_run:
+            log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
             report = _dry_run(config, step_fns, schedule, by_name, abstract, teacher_params, mesh)
             report["num_params"] = float(n_params)
             writer.close()
             return report
+        if jax.process_index() == 0:
+            save_workdir_config(config, workdir)  # the resolved config + code version, for export / teachers
 
         checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                     save_every=config.checkpoint_every, async_save=config.async_checkpoints)
@@ -171,6 +174,7 @@ class _Loop:
         last_time, pending = None, None
         window = {"steps": 0, "flops": 0.0, "examples": 0}
         task_counts: dict[str, int] = {}
+        record = config_record(config)  # checkpoints carry the resolved config and code version
         profile = _profile_window(config.profile_steps)
         # Multi-process CPU runs with a too small CPU thread pool deadlock when steps are queued
         # asynchronously (vlfm.train.distributed); block on each step there. Accelerators stay asynchronous.
@@ -227,7 +231,7 @@ class _Loop:
                 last_time, window = time.perf_counter(), {"steps": 0, "flops": 0.0, "examples": 0}
             if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
                 _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
-            checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done}, force=done == total)
+            checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done, **record}, force=done == total)
             if checkpointer.should_stop(done):
                 log.warning("preemption signal received: saved step %d and stopping", done)
                 break
