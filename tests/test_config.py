@@ -1,6 +1,12 @@
+import glob
+import json
+import os
+
+import ml_collections
 import pytest
 
-from tests.helpers import run_trainer
+import vlfm
+from tests.helpers import REPO, run_trainer
 from vlfm.train.config import ConfigError, base_config, load_config
 
 
@@ -50,3 +56,195 @@ def test_cli_reports_config_errors_cleanly(tmp_path):
 
 def test_base_config_keys_are_stable():
     assert {"model", "losses", "data", "optimizer", "mesh", "evals", "total_steps"} <= set(base_config().keys())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The schema: overrides reach every key the code accepts; unknown keys fail everywhere.
+
+
+def test_override_sets_keys_the_file_leaves_at_their_default():
+    c = load_config("configs/clip_tiny.py", ["model.image.remat=full", "model.image.layer_scale=0.1",
+                                             "model.text.init_std=None", "optimizer.b1=0.95",
+                                             "optimizer.layer_decay.decay=0.5", "ema_decay=0.999",
+                                             "evals.retrieval.batch_size=64", "data.view=image_label"])
+    assert c.model.image.remat == "full" and c.model.image.layer_scale == 0.1 and c.model.text.init_std is None
+    assert c.optimizer.b1 == 0.95 and c.optimizer.layer_decay.decay == 0.5 and c.ema_decay == 0.999
+    assert c.evals.retrieval.batch_size == 64 and c.data.view == "image_label"
+    with pytest.raises(ConfigError, match="expected a bool"):
+        load_config("configs/clip_tiny.py", ["model.image.qkv_bias=maybe"])
+    with pytest.raises(ConfigError, match="cannot parse 'x' as a int"):
+        load_config("configs/clip_tiny.py", ["model.image.num_classes=x"])
+
+
+@pytest.mark.parametrize("override, valid", [
+    ("model.image.remmat=full", "remat"),
+    ("model.embed_dmi=3", "embed_dim"),
+    ("optimizer.b11=0.9", "b1"),
+    ("optimizer.lr.peek=1", "peak"),
+    ("optimizer.layer_decay.decy=1", "decay"),
+    ("data.num_exmaples=3", "num_examples"),
+    ("evals.zeroshot.num_exmaples=3", "num_examples"),
+    ("gradient_combiner.ratio=3", "name"),
+    ("mesh.shap=(1,1,1)", "shape"),
+])
+def test_override_typo_in_any_section_names_the_valid_keys(override, valid):
+    with pytest.raises(ConfigError, match=f"valid keys: .*{valid}"):
+        load_config("configs/clip_tiny.py", [override])
+
+
+def _mutated(path, key, value):
+    c = load_config("configs/ufo_tiny.py")
+    node = c
+    for part in path.split("."):
+        node = node[part]
+    with node.unlocked():
+        node[key] = value
+    return c
+
+
+@pytest.mark.parametrize("path, key, valid", [
+    ("model", "widht", "width"),
+    ("tasks.image", "wieght", "weight"),
+    ("tasks.image.data", "view_", "view"),
+    ("tasks.text.losses.kd_text", "temprature", "temperature"),
+    ("teachers.vit", "parms", "params"),
+    ("evals.image", "splt", "split"),
+    ("gradient_combiner", "ratoi", "ratio"),
+])
+def test_config_file_typos_fail_at_load_in_every_section(path, key, valid):
+    """A typo anywhere (model, tasks, data, losses, teachers, evals, combiner) fails before anything is built."""
+    from vlfm.train.config import validate_config
+
+    with pytest.raises(ConfigError, match=f"'{path}.{key}'.*valid keys: .*{valid}"):
+        validate_config(_mutated(path, key, 1))
+
+
+def test_data_field_and_mixture_keys_are_checked():
+    from vlfm.train.config import validate_config
+
+    c = base_config()
+    c.model = dict(name="image_classifier", image=dict(name="vit"))
+    c.data = dict(name="webdataset", urls="x.tar", image=dict(size=32, flip=True), batch_size=8)
+    validate_config(c)
+    c.data.image.szie = 3
+    with pytest.raises(ConfigError, match="data.image.szie.*preprocessing field image.*valid keys: .*size"):
+        validate_config(c)
+    c.data = dict(name="mixture", batch_size=8, datasets=dict(
+        shapes=dict(weight=2.0, num_examples=10), web=dict(name="webdataset", urls="x.tar", shuffle_bufer=3)))
+    with pytest.raises(ConfigError, match="data.datasets.web.shuffle_bufer.*valid keys: .*shuffle_buffer"):
+        validate_config(c)
+    del c.data.datasets.web["shuffle_bufer"]
+    validate_config(c)
+    c.data.name = "shapez"
+    with pytest.raises(ConfigError, match="unknown dataset 'shapez'; valid names: .*shapes"):
+        validate_config(c)
+
+
+def test_every_config_file_loads():
+    for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
+        load_config(path)
+
+
+def test_task_num_workers_is_honoured():
+    """A task's own ``data.num_workers`` wins over the run's default (it was silently replaced)."""
+    from vlfm.train.tasks import build_iterators, build_tasks
+
+    c = base_config()
+    c.tasks = dict(a=dict(data=dict(name="shapes", num_examples=64, image_size=8, view="image_label", batch_size=8,
+                                    num_workers=0), losses=dict(softmax_xent={})))
+    its = build_iterators(build_tasks(c), seed=0, num_workers=1)
+    assert its.iterators["a"].num_workers == 0
+    assert next(its.iterators["a"])["image"].shape == (8, 8, 8, 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The resolved config in the workdir.
+
+
+def _describe(value, path=""):
+    """Every leaf with its exact type, and every placeholder with its declared type."""
+    out = []
+    if isinstance(value, ml_collections.ConfigDict):
+        out.append((path, "ConfigDict"))
+        for k in value.keys():
+            ref = value._fields[k]
+            if isinstance(ref, ml_collections.FieldReference):
+                out.append((f"{path}.{k}", "placeholder", ref.get_type().__name__))
+            out += _describe(value[k], f"{path}.{k}")
+    elif isinstance(value, (tuple, list, dict)):
+        out.append((path, type(value).__name__, len(value)))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            out += _describe(v, f"{path}[{k!r}]")
+    else:
+        out.append((path, type(value).__name__, repr(value)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))))
+def test_workdir_config_round_trips_exactly(name, tmp_path):
+    from vlfm.train.config import load_workdir_config, save_workdir_config
+
+    config = load_config(os.path.join(REPO, "configs", name), ["ema_decay=0.99"] if name == "clip_tiny.py" else [])
+    path = save_workdir_config(config, tmp_path / "run")
+    record = json.loads(path.read_text())
+    assert record["vlfm_version"] == vlfm.__version__ and record["commit"]
+    loaded = load_workdir_config(tmp_path / "run")
+    assert _describe(loaded) == _describe(config)
+    assert str(loaded) == str(config)
+
+
+def test_workdir_config_keeps_placeholders_tuples_and_nested_dicts(tmp_path):
+    from vlfm.train.config import load_workdir_config, save_workdir_config
+
+    c = base_config()
+    c.mesh.rules = (("embed", None), ("vocab", "tensor"))
+    c.data = dict(name="mixture", datasets=dict(a=dict(name="shapes", weight=1.0)), batch_size=8)
+    c.optimizer.lr_multipliers = ((r".*head.*", 10.0),)
+    c.extra_list = [1, (2, 3), {"x": (4,)}]
+    save_workdir_config(c, tmp_path)
+    loaded = load_workdir_config(tmp_path)
+    assert _describe(loaded) == _describe(c)
+    assert loaded.peak_tflops is None and loaded._fields["peak_tflops"].get_type() is float
+    loaded.peak_tflops = 1.5  # still a float placeholder
+    with pytest.raises(TypeError):
+        loaded.peak_tflops = "x"
+    assert isinstance(loaded.extra_list[2], dict) and loaded.extra_list[2]["x"] == (4,)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_workdir_config(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line.
+
+
+def test_only_config_errors_are_relabelled(monkeypatch, capsys):
+    """A KeyError from inside training keeps its traceback (it propagates); a ConfigError is one line, status 2."""
+    from vlfm.train import __main__ as cli
+    from vlfm.train import trainer
+
+    def failing_train(config, workdir, dry_run=False):
+        raise KeyError("'logits' missing from the model outputs")
+
+    monkeypatch.setattr(trainer, "train", failing_train)
+    with pytest.raises(KeyError, match="logits"):
+        cli.main(["--config", "configs/clip_tiny.py", "--workdir", "unused"])
+
+    def config_error(config, workdir, dry_run=False):
+        raise ConfigError("teacher config file 'x.py' does not exist")
+
+    monkeypatch.setattr(trainer, "train", config_error)
+    assert cli.main(["--config", "configs/clip_tiny.py", "--workdir", "unused"]) == 2
+    assert "config error: teacher config file" in capsys.readouterr().err
+
+
+def test_cli_help_lists_options_and_config_fields():
+    out = run_trainer(["--help"], timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--config PATH.py", "--workdir DIR", "--config.a.b=VALUE", "--dry_run", "--help"):
+        assert flag in out.stdout, out.stdout
+    out = run_trainer(["--config", "configs/clip_tiny.py", "--config.model.image.depth=1", "--help"], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[model.image] model.image (tower vit)" in out.stdout
+    assert "  depth = 1" in out.stdout and "remat='none'" in out.stdout  # set fields, then the other valid keys
+    assert "[optimizer.lr] optimizer.lr (learning-rate schedule)" in out.stdout

@@ -131,17 +131,17 @@ _EXAMPLES = {"bool": False, "int": 0, "float": 0.0, "str": ""}
 
 def _parse_value(text: str, current: Any, key: Key | None = None) -> Any:
     """A command-line string as the field's type: its current value's, else the schema default's or annotation's."""
+    names, optional = _annotation_names(key.annotation) if key is not None and key.annotation else (set(), False)
+    if optional and text in ("None", "none", "null"):
+        return None
     if current is not None:
         return _parse_like(text, current)
     if key is not None and key.default not in (None, MISSING):
         return _parse_like(text, key.default)
-    if key is not None and key.annotation is not None:
-        names, optional = _annotation_names(key.annotation)
-        if optional and text in ("None", "none", "null"):
-            return None
+    if names:
         if len(names) == 1 and next(iter(names)) in _EXAMPLES:
             return _parse_like(text, _EXAMPLES[next(iter(names))])
-        if names and names <= {"int", "float"}:
+        if names <= {"int", "float"}:
             return _parse_like(text, 0.0 if "." in text or "e" in text.lower() else 0)
     return _parse_like(text, None)
 
