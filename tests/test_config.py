@@ -3,6 +3,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 
 import vlfm
@@ -248,3 +249,32 @@ def test_cli_help_lists_options_and_config_fields():
     assert "[model.image] model.image (tower vit)" in out.stdout
     assert "  depth = 1" in out.stdout and "remat='none'" in out.stdout  # set fields, then the other valid keys
     assert "[optimizer.lr] optimizer.lr (learning-rate schedule)" in out.stdout
+
+
+def test_convert_export_accepts_a_training_workdir(tmp_path):
+    """``python -m vlfm.convert export WORKDIR HF_DIR``: the run's params export and resolved model config."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+
+    from vlfm.convert.__main__ import main
+    from vlfm.train.checkpoint import export_params, load_params
+    from vlfm.train.config import save_workdir_config
+
+    hf = transformers.ViTModel(transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                      intermediate_size=24, image_size=16, patch_size=8))
+    hf.save_pretrained(tmp_path / "hf_in", safe_serialization=True)
+    assert main(["import", str(tmp_path / "hf_in"), str(tmp_path / "imported")]) == 0
+    config = base_config()
+    config.model = json.loads((tmp_path / "imported" / "model_config.json").read_text())
+    workdir = tmp_path / "run"
+    save_workdir_config(config, workdir)
+    export_params(load_params(str(tmp_path / "imported" / "params")), str(workdir / "params"))
+    assert main(["export", str(workdir), str(tmp_path / "hf_out")]) == 0
+    original, written = load_file(str(tmp_path / "hf_in" / "model.safetensors")), load_file(
+        str(tmp_path / "hf_out" / "model.safetensors"))
+    assert set(written) == set(original)
+    for key in original:
+        np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    with pytest.raises(SystemExit):
+        main(["export", str(workdir)])

@@ -17,8 +17,9 @@ from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import sum_gradients
 from vlfm.train import aot, flops
+from vlfm.train.config import load_config
 from vlfm.train.sharding import batch_sharding, make_mesh, rules_from_config
-from vlfm.train.state import init_batch, sharded_init, state_initializer
+from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import Task
 
@@ -57,10 +58,26 @@ def test_dry_run_reports_memory_and_flops_without_training(tmp_path):
     assert b["arguments"] < 0.3 * a["arguments"], (a, b)
 
 
+def _param_count(config) -> int:
+    """A dual encoder's parameter count from its abstract init (nothing allocated)."""
+    image, text = config.model.image, config.model.text
+    batch = {"image": jax.ShapeDtypeStruct((1, image.image_size, image.image_size, 3), np.float32),
+             "text": jax.ShapeDtypeStruct((1, text.max_len), np.int32)}
+    params = jax.eval_shape(build_model(config.model).init, jax.random.key(0), batch)["params"]
+    return count_params(params)
+
+
+def test_readme_parameter_count_of_clip_b16():
+    assert _param_count(load_config("configs/clip_b16.py")) == 149_620_737
+
+
 def test_dry_run_fails_early_and_readably_when_the_step_will_not_fit(tmp_path):
     out = _dry_run(tmp_path, env={"VLFM_DEVICE_MEMORY_GIB": "0.0001"})
     assert out.returncode == 4, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout + out.stderr
+    # The parameter count is logged as a training run logs it, before compiling.
+    n = _param_count(load_config("configs/clip_tiny.py", [a[len("--config."):] for a in SMALL_CLIP]))
+    assert f"model dual_encoder: {n:,} parameters" in text, text[-3000:]
     assert "the train step will not fit" in text and "a device has 104.9 KiB" in text, text[-3000:]
     assert "fsdp" in text and "remat" in text  # it says what to change
     assert "Traceback" not in text

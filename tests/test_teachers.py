@@ -1,5 +1,7 @@
 """Teachers restored from a params export, a training checkpoint and an HF checkpoint, sharded like the student."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,3 +74,37 @@ def test_teacher_from_hf_checkpoint(tmp_path):
         teachers = build_teachers({"bert": {"hf": str(tmp_path / "bert")}}, batch, mesh, rules)
         out = jax.jit(lambda p, b: teacher_outputs(teachers, ("bert",), p, b))({"bert": teachers["bert"].params}, batch)
     np.testing.assert_allclose(out["teacher/bert"]["tokens"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_teacher_from_a_training_workdir_uses_its_resolved_config(tmp_path):
+    """A run writes its resolved config (overrides included) to WORKDIR/config.json and into each checkpoint's
+    metadata; ``workdir=DIR`` builds that model (here with a layer scale the config file does not set) and
+    loads the run's params."""
+    from vlfm.train.config import config_from_record, load_config, load_workdir_config
+    from vlfm.train.trainer import train
+
+    workdir = tmp_path / "teacher"
+    config = load_config("configs/vit_tiny.py", [
+        "total_steps=2", "log_every=1", "checkpoint_every=2", "async_checkpoints=false",
+        "model.image.depth=1", "model.image.width=16", "model.image.mlp_dim=32", "model.image.num_heads=2",
+        "model.image.layer_scale=0.5", "data.num_examples=64", "data.batch_size=8",
+        "evals.accuracy.num_examples=16"])
+    train(config, str(workdir))
+    resolved = load_workdir_config(workdir)
+    assert resolved.model.image.layer_scale == 0.5 and str(resolved) == str(config)
+    meta_files = [p for p in (workdir / "checkpoints").rglob("*") if p.is_file() and "meta" in p.parts]
+    metas = [json.loads(p.read_text()) for p in meta_files if p.read_text().startswith("{")]
+    assert any(m.get("step") == 2 and "commit" in m and str(config_from_record(m)) == str(config) for m in metas)
+
+    model = build_model(resolved.model.to_dict())
+    batch = {"image": np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)}
+    mesh, rules = make_mesh((8, 1, 1)), rules_from_config()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        teachers = build_teachers({"t": {"workdir": str(workdir)}}, batch, mesh, rules)
+        params = teachers["t"].params
+        assert "ls1" in str(jax.tree_util.tree_structure(params))  # the override's parameters exist
+        out = jax.jit(lambda p, b: teacher_outputs(teachers, ("t",), p, b))({"t": params}, batch)
+        with pytest.raises(KeyError, match="drop"):
+            build_teachers({"t": {"workdir": str(workdir), "model": MODEL}}, batch, mesh, rules)
+    expected = model.apply({"params": jax.device_get(params)}, batch)["logits"]
+    np.testing.assert_allclose(out["teacher/t"]["logits"], expected, rtol=1e-5, atol=1e-6)
