@@ -105,7 +105,8 @@ def test_every_head_and_objective(cfg):
     assert out["mlm_logits"].shape == (4, 6, 40) and out["vqa_logits"].shape == (4, 7)
     assert out["logits"].shape == (4, 2) and out["itm_logits"].shape == (4, 2) and out["pooled"].shape == (4, pooled)
     assert out["itm_labels"].tolist() == [1, 1, 1, 1]  # evaluation scores the batch's own pairs
-    train = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(3)})
+    train = model.apply({"params": params}, batch, train=True,
+                        rngs={"dropout": jax.random.key(3), "sampling": jax.random.key(3)})
     assert int(train["itm_labels"].sum()) == 2 and "pooled" not in train
     if cfg.get("contrastive_dim"):
         np.testing.assert_allclose(np.linalg.norm(out["image_embed"], axis=-1), 1.0, rtol=1e-5)

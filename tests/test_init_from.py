@@ -55,6 +55,38 @@ def test_config_errors_are_named(tmp_path):
         init_params_from({"params": str(tmp_path / "missing")}, _target())
 
 
+def test_start_from_sets_params_opt_state_and_ema(tmp_path):
+    """The EMA starts at the loaded parameters (it stayed at the random init when the trainer looked for
+    a state key "ema" instead of "ema_params"), in buffers of its own."""
+    import flax.linen as nn
+    import jax
+    import optax
+
+    from vlfm.train.checkpoint import export_params
+    from vlfm.train.sharding import make_mesh, rules_from_config
+    from vlfm.train.state import sharded_init, state_initializer
+    from vlfm.train.trainer import start_from
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, batch, train=False):
+            return {"y": nn.Dense(3)(batch["x"])}
+
+    loaded = {"Dense_0": {"kernel": np.full((2, 3), 0.5, np.float32), "bias": np.ones(3, np.float32)}}
+    export_params(loaded, str(tmp_path / "params"))
+    tx = optax.adam(0.1)
+    mesh, rules = make_mesh((1, 1, 1), devices=jax.devices()[:1]), rules_from_config()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        init = state_initializer(Model(), tx, {"x": np.ones((1, 2), np.float32)}, ema=True)
+        state, shardings, _ = sharded_init(init, jax.random.key(0), mesh, rules)
+        state = start_from({"params": str(tmp_path / "params")}, state, tx, shardings)
+    for tree in (state["params"], state["ema_params"]):
+        np.testing.assert_array_equal(tree["Dense_0"]["kernel"], 0.5)
+        np.testing.assert_array_equal(tree["Dense_0"]["bias"], 1.0)
+    assert state["ema_params"]["Dense_0"]["kernel"] is not state["params"]["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(state["opt_state"][0].mu["Dense_0"]["kernel"], 0.0)
+
+
 @pytest.mark.slow
 def test_trainer_starts_from_another_runs_params(tmp_path):
     """Run B starts from run A's export: with a zero learning rate its params are A's exactly, except
@@ -65,7 +97,7 @@ def test_trainer_starts_from_another_runs_params(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     out = run_trainer([*common, "--workdir", str(tmp_path / "b"), "--config.total_steps=1", "--config.seed=5",
                        "--config.optimizer.lr.peak=0.0", f"--config.init_from.params={tmp_path / 'a' / 'params'}",
-                       "--config.init_from.skip=('logit_scale',)"])
+                       "--config.init_from.skip=('logit_scale',)", "--config.ema_decay=0.5"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "init_from" in out.stdout and "fresh: logit_scale" in out.stdout, out.stdout[-3000:]
     a, b = load_params(str(tmp_path / "a" / "params")), load_params(str(tmp_path / "b" / "params"))
@@ -73,6 +105,17 @@ def test_trainer_starts_from_another_runs_params(tmp_path):
     flat_b = _flat(b)
     assert flat_a and all(np.array_equal(v, flat_b[k]) for k, v in flat_a.items())
     assert not np.array_equal(_flat(a)["logit_scale"], flat_b["logit_scale"])  # kept fresh: A trained it
+    # The EMA started at the loaded parameters too: after one step at lr 0 it still equals them.
+    ema = _flat(_checkpoint_item(tmp_path / "b" / "checkpoints", 1, "ema_params"))
+    assert all(np.allclose(v, ema[k], rtol=1e-6, atol=0) for k, v in flat_a.items())
+
+
+def _checkpoint_item(directory, step, item):
+    from etils import epath
+
+    from vlfm.train.checkpoint import _load_pytree
+
+    return _load_pytree(epath.Path(directory) / str(step) / item, None)
 
 
 def _flat(tree):

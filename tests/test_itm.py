@@ -12,6 +12,11 @@ from vlfm.models import build_model
 from vlfm.train.sharding import make_mesh
 
 
+def _streams(seed: int) -> dict:
+    """Train-mode keys: dropout, and sampling (the ITM negatives)."""
+    return {"dropout": jax.random.key(seed), "sampling": jax.random.key(seed)}
+
+
 def test_random_negatives_replace_half_of_the_images():
     for seed in range(5):
         image_idx, labels = itm.random_negatives(jax.random.key(seed), 10)
@@ -134,12 +139,12 @@ def test_model_samples_hard_negatives_from_its_own_contrastive_embeddings():
     model = build_model(cfg)
     batch = _pairs_batch()
     params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)["params"]
-    out = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(5)})
+    out = model.apply({"params": params}, batch, train=True, rngs=_streams(5))
     want_image, want_text = itm.hard_negatives(jax.random.key(5), out["image_embed"], out["text_embed"],
                                                out["logit_scale"])
     assert out["itm_logits"].shape == (12, 2)
-    # The dropout stream is the model's only key, so its draw is reproducible given that key.
-    again = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(5)})
+    # The sampling stream draws the negatives, so the draw is reproducible given that key.
+    again = model.apply({"params": params}, batch, train=True, rngs=_streams(5))
     np.testing.assert_array_equal(out["itm_logits"], again["itm_logits"])
     assert want_image.shape == want_text.shape == (4,)
 
@@ -157,7 +162,7 @@ def test_random_itm_pairs_in_a_vilt():
     pairs = dict(batch, image=batch["image"][index])
     score = model.apply({"params": params}, pairs, method=lambda m, b: m.itm_score(b))
     np.testing.assert_allclose(out["itm_logits"][:, 1] - out["itm_logits"][:, 0], score, rtol=1e-5, atol=1e-5)
-    sampled = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.key(2)})
+    sampled = model.apply({"params": params}, batch, train=True, rngs=_streams(2))
     assert int(sampled["itm_labels"].sum()) == 2
 
 
@@ -182,7 +187,7 @@ def test_hard_negative_itm_runs_data_parallel():
     batch = _pairs_batch(b=8)
     params = nn.meta.unbox(model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)["params"])
     injected = dict(batch, itm_neg_image=jnp.roll(jnp.arange(8), 3), itm_neg_text=jnp.roll(jnp.arange(8), 5))
-    apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=True, rngs={"dropout": jax.random.key(2)}))
+    apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=True, rngs=_streams(2)))
     single = apply(params, injected)
     mesh = make_mesh((-1, 1, 1))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):

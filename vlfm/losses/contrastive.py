@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from vlfm.losses.registry import LOSSES
+from vlfm.losses.registry import LOSSES, couples_batch
 from vlfm.train.sharding import BATCH_AXES
 
 
@@ -44,6 +44,7 @@ def _sharded(local_fn, zimg, ztxt, *scalars):
 
 
 @LOSSES.register("softmax_contrastive")
+@couples_batch
 def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
     """Symmetric InfoNCE (CLIP): mean of image->text and text->image cross-entropies."""
     del batch
@@ -67,6 +68,7 @@ def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0
 
 
 @LOSSES.register("sigmoid_contrastive")
+@couples_batch
 def sigmoid_contrastive(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
     """SigLIP: independent binary losses on every image-text pair, summed and divided by the batch."""
     del batch

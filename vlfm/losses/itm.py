@@ -14,7 +14,7 @@ pass, from the batch. Two ways:
   global indices then gather the negative features from wherever they live (XLA inserts the
   collectives). No gradient flows through the sampling.
 
-Both take an explicit PRNG key (the fusion models use their ``dropout`` stream) and the draws are a
+Both take an explicit PRNG key (the fusion models use their ``sampling`` stream) and the draws are a
 pure function of it and the shard layout.
 """
 
@@ -26,7 +26,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from vlfm.losses.contrastive import _batch_axes
-from vlfm.losses.registry import LOSSES
+from vlfm.losses.registry import LOSSES, couples_batch
 
 
 def random_negatives(rng: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -90,6 +90,7 @@ def hard_negative_pairs(neg_image: jax.Array, neg_text: jax.Array) -> tuple[jax.
 
 
 @LOSSES.register("itm")
+@couples_batch  # its negative pairs are drawn from the batch
 def itm_loss(outputs: dict, batch: dict, logits_key: str = "itm_logits", label_key: str = "itm_labels",
              class_weights: tuple[float, float] | None = None) -> tuple[jax.Array, dict]:
     """2-way cross-entropy on the pairs the model built (``outputs["itm_labels"]``: 1 = match).

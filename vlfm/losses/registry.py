@@ -13,6 +13,13 @@ LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 LOSSES: Registry[LossFn] = Registry("loss")
 
 
+def couples_batch(fn: LossFn) -> LossFn:
+    """Marks a loss whose value couples the examples of a batch (the batch serves as negatives), so it
+    changes when the batch is split into accumulation micro-batches; the train step refuses those."""
+    fn.couples_batch = True
+    return fn
+
+
 def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
     """Weighted sum of the configured losses; metrics are prefixed with each loss's name.
 
@@ -20,11 +27,13 @@ def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
     """
     if not losses_cfg:
         raise ValueError(f"no loss configured; valid names: {', '.join(LOSSES.names())}")
-    parts = []
+    parts, coupled = [], []
     for name, cfg in losses_cfg.items():
         cfg = dict(cfg or {})
         weight = float(cfg.pop("weight", 1.0))
         parts.append((name, weight, LOSSES.get(cfg.pop("fn", name)), cfg))
+        if getattr(parts[-1][2], "couples_batch", False):
+            coupled.append(name)
 
     def total(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
         loss, metrics = 0.0, {}
@@ -35,4 +44,5 @@ def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
             metrics.update({f"{name}/{k}": v for k, v in m.items()})
         return loss, metrics
 
+    total.couples_batch = tuple(coupled)  # names of the losses that couple the batch (see couples_batch)
     return total

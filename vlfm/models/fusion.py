@@ -215,14 +215,14 @@ class FusionModel(TransformerTower):
             if "itm_image_index" in batch:
                 image_idx = batch["itm_image_index"].astype(jnp.int32)
                 return rows, image_idx, (image_idx == rows).astype(jnp.int32)
-            image_idx, labels = itm_lib.random_negatives(self.make_rng("dropout"), batch_size)
+            image_idx, labels = itm_lib.random_negatives(self.make_rng("sampling"), batch_size)
             return rows, image_idx, labels
         if "image_embed" not in outputs:
             raise ValueError("itm='hard' samples negatives from contrastive similarities: set contrastive_dim")
         if "itm_neg_image" in batch:
             neg_image, neg_text = batch["itm_neg_image"], batch["itm_neg_text"]
         else:
-            neg_image, neg_text = itm_lib.hard_negatives(self.make_rng("dropout"), outputs["image_embed"],
+            neg_image, neg_text = itm_lib.hard_negatives(self.make_rng("sampling"), outputs["image_embed"],
                                                          outputs["text_embed"], outputs["logit_scale"])
         return itm_lib.hard_negative_pairs(neg_image.astype(jnp.int32), neg_text.astype(jnp.int32))
 

@@ -31,7 +31,7 @@ from vlfm.train.tasks import TASK_KEYS
 MISSING = inspect.Parameter.empty
 # ``config.teachers.NAME``: a model from a config file / model config / training workdir, its params from a
 # params export / checkpoint, or an HF directory (vlfm.train.teachers).
-TEACHER_KEYS = ("config", "model", "workdir", "params", "checkpoint", "hf")
+TEACHER_KEYS = ("config", "model", "workdir", "params", "checkpoint", "hf", "forward")
 EVAL_KEYS = ("type", "every")  # read by the trainer; the rest are the evaluator's arguments
 LOSS_KEYS = ("weight", "fn")  # read by combined_loss; the rest are the loss function's arguments
 MIXTURE_ENTRY_KEYS = ("weight", "split")  # read by the mixture for each of its datasets

@@ -4,6 +4,21 @@
 run together in one step (one task, or all of them under the ``accumulate`` schedule). Each task's
 gradient is computed separately and handed to the optimizer as ``{task: gradients}``: the first
 transform of the optimizer chain (a combiner from ``vlfm.optim.combine``) turns them into one tree.
+
+The model is called through the task's ``forward`` (``vlfm.train.forward.Forward``): its method, in
+training mode, with one key per declared random stream (``dropout``, ``masking``, ``sampling`` by
+default) folded from ``(seed, step, task index, micro-batch)``, its constants as keyword arguments
+(never in the batch, which accumulation splits), ``task=<name>`` when the forward asks for it, and
+its mutable collections added to the outputs under their names. Teachers run in eval mode.
+
+Refused combinations (each would silently train something else than configured):
+
+- a task ``lr_multiplier`` other than 1 for tasks that share one update (``accumulate`` schedule):
+  under Adam a scaled gradient is not a scaled update, and one update cannot be split by task; use
+  ``optimizer.lr_multipliers`` (per parameter group) instead;
+- ``grad_accum_steps > 1`` with a loss that couples the examples of a batch (``couples_batch`` in
+  ``vlfm.losses.registry``: contrastive losses, ITM with batch negatives): each micro-batch would
+  see ``B / k`` negatives.
 """
 
 from __future__ import annotations
@@ -22,6 +37,25 @@ from vlfm.train.tasks import Task
 from vlfm.train.teachers import Teacher, teacher_outputs
 
 
+def check_step_tasks(tasks: Sequence[Task], accum_steps: int) -> None:
+    """Refuses the combinations the step cannot honour (see the module docstring), naming the task."""
+    if len(tasks) > 1:
+        for task in tasks:
+            if task.lr_multiplier != 1.0:
+                raise ValueError(
+                    f"task {task.name!r} sets lr_multiplier={task.lr_multiplier}, but it shares one optimizer update "
+                    f"with tasks {[t.name for t in tasks if t is not task]} (schedule 'accumulate'), where a per-task "
+                    "learning rate is not defined; use optimizer.lr_multipliers (per parameter group) instead")
+    if accum_steps > 1:
+        for task in tasks:
+            coupled = getattr(task.loss_fn, "couples_batch", ())
+            if coupled:
+                raise ValueError(
+                    f"task {task.name!r}: loss {', '.join(coupled)} uses the whole batch (as negatives), so "
+                    f"grad_accum_steps={accum_steps} would change it (each micro-batch sees 1/{accum_steps} of the "
+                    "batch); set grad_accum_steps=1 (shard the batch over more devices, or use remat instead)")
+
+
 def _micro_batches(batch: dict, accum_steps: int) -> dict:
     """Micro-batch j takes rows j, j+k, j+2k, ...: every data shard holds a slice of each."""
     def split(x):
@@ -35,13 +69,16 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
                     teachers: Mapping[str, Teacher] | None = None, prefix_metrics: bool = True) -> Callable:
     """A step over ``tasks`` (run together). A step whose loss or gradient is not finite leaves the
     state unchanged and reports ``finite = False``, so no bad update ever reaches a checkpoint."""
+    check_step_tasks(tasks, accum_steps)
+    for task in tasks:
+        task.forward.check(model)
     teachers = dict(teachers or {})
     base_key = jax.random.key(seed)
 
     def task_loss(task: Task, params, batch, rng, teacher_params):
-        outputs = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+        outputs = task.forward.apply(model, params, batch, task=task.name, train=True, rng=rng)
         if task.teachers:
-            outputs = dict(outputs, **teacher_outputs(teachers, task.teachers, teacher_params, batch))
+            outputs = dict(outputs, **teacher_outputs(teachers, task.teachers, teacher_params, batch, task=task.name))
         return task.loss_fn(outputs, batch)
 
     def task_grads(task: Task, params, batch, rng, teacher_params):

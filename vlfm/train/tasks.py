@@ -1,7 +1,9 @@
 """Tasks and task schedules: several objectives and data streams trained into one model.
 
 A task bundles a data stream, its losses (with weights), the teachers its losses read, a learning-
-rate multiplier and the parameters it freezes. The schedule decides which tasks run at each step:
+rate multiplier, the parameters it freezes and its ``forward`` (how the model is called for it:
+method, random streams, mutable collections, constants; ``vlfm.train.forward``). The schedule
+decides which tasks run at each step:
 
 - ``round_robin``: task ``step % n`` (FLAVA-style alternation);
 - ``uniform``: a seeded uniform draw per step;
@@ -28,9 +30,10 @@ import numpy as np
 
 from vlfm.data.pipeline import DatasetBundle, build_dataset, numeric_only, train_iterator
 from vlfm.losses import combined_loss
+from vlfm.train.forward import Forward, parse_forward
 
 SCHEDULES = ("round_robin", "uniform", "weighted", "accumulate", "stages")
-TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps")
+TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps", "forward")
 
 
 @dataclasses.dataclass
@@ -45,6 +48,7 @@ class Task:
     teachers: tuple[str, ...] = ()
     steps: int = 0
     data_cfg: dict = dataclasses.field(default_factory=dict)
+    forward: Forward = dataclasses.field(default_factory=Forward)
 
     def example(self) -> dict:
         """One transformed example's numeric arrays (the shapes the step is traced with)."""
@@ -82,7 +86,8 @@ def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:
             name=name, bundle=build_dataset(data, data.get("train_split", "train")), batch_size=int(data["batch_size"]),
             loss_fn=combined_loss(cfg["losses"]), weight=float(cfg.get("weight", 1.0)),
             lr_multiplier=float(cfg.get("lr_multiplier", 1.0)), freeze=tuple(cfg.get("freeze", ())),
-            teachers=tuple(cfg.get("teachers", ())), steps=int(cfg.get("steps", 0)), data_cfg=data))
+            teachers=tuple(cfg.get("teachers", ())), steps=int(cfg.get("steps", 0)), data_cfg=data,
+            forward=parse_forward(cfg.get("forward"), f"task {name!r}")))
     return tasks
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from vlfm.models import build_model
 from vlfm.train.checkpoint import load_params, load_params_from_checkpoint
 from vlfm.train.config import load_config_file, load_workdir_config
+from vlfm.train.forward import Forward, parse_forward
 from vlfm.train.schema import TEACHER_KEYS
 from vlfm.train.state import strip_boxes
 
@@ -33,6 +34,7 @@ class Teacher:
     name: str
     model: nn.Module
     params: Any
+    forward: Forward = dataclasses.field(default_factory=Forward)
 
 
 def _teacher_model_cfg(name: str, cfg: Mapping[str, Any]) -> dict:
@@ -96,16 +98,21 @@ def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch:
                 raise FileNotFoundError(f"teacher {name!r}: no params export at {cfg['params']!r} "
                                         "(train the teacher first; its run writes WORKDIR/params)")
             params = load_params(cfg["params"], abstract)
-        teachers[name] = Teacher(name, model, params)
+        forward = parse_forward(cfg.get("forward"), f"teacher {name!r}")
+        forward.check(model)
+        teachers[name] = Teacher(name, model, params, forward)
     return teachers
 
 
-def teacher_outputs(teachers: Mapping[str, Teacher], names, params: Mapping[str, Any], batch: dict) -> dict:
-    """``{"teacher/<name>": outputs}`` for the named teachers, without gradients."""
+def teacher_outputs(teachers: Mapping[str, Teacher], names, params: Mapping[str, Any], batch: dict,
+                    task: str | None = None) -> dict:
+    """``{"teacher/<name>": outputs}`` for the named teachers (eval mode, each through its forward),
+    without gradients. ``task`` is the student's task, passed on when a teacher's forward asks for it."""
     out = {}
     for name in names:
         if name not in teachers:
             raise KeyError(f"unknown teacher {name!r}; configured teachers: {', '.join(sorted(teachers)) or '(none)'}")
-        o = teachers[name].model.apply({"params": params[name]}, batch, train=False)
+        teacher = teachers[name]
+        o = teacher.forward.apply(teacher.model, params[name], batch, task=task, train=False)
         out[f"teacher/{name}"] = jax.lax.stop_gradient(o)
     return out

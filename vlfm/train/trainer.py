@@ -15,6 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -31,7 +32,7 @@ from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evalua
 from vlfm.train.init_from import SOURCES, init_params_from
 from vlfm.train.metrics_writer import MetricWriter, format_duration
 from vlfm.train.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
-from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
+from vlfm.train.state import TaskInit, count_params, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
 from vlfm.train.teachers import build_teachers
@@ -65,16 +66,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             raise ValueError(f"task {task.name}: batch size {task.batch_size} must be divisible by data-parallel "
                              f"size {dp} x accumulation steps {accum}")
     data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0))
-    merged_example = {}
-    for task in tasks:
-        merged_example.update(task.example())
+    examples = {t.name: t.example() for t in tasks}
+    teacher_example = {}  # teachers are built from one example holding every task's keys
+    for example in examples.values():
+        teacher_example.update(example)
     writer = MetricWriter(workdir)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        init = state_initializer(model, tx, init_batch(merged_example, dp), ema=config.ema_decay is not None)
+        # Every task initialises the parameters its own forward uses, each with its own example shapes.
+        init = state_initializer(model, tx, ema=config.ema_decay is not None,
+                                 tasks=[TaskInit(t.name, init_batch(examples[t.name], dp), t.forward) for t in tasks])
         state, shardings, abstract = sharded_init(init, jax.random.key(config.seed), mesh, rules)
         n_params = count_params(state["params"])
-        teachers = build_teachers(config.get("teachers", {}), init_batch(merged_example, dp), mesh, rules)
+        teachers = build_teachers(config.get("teachers", {}), init_batch(teacher_example, dp), mesh, rules)
         teacher_params = {name: t.params for name, t in teachers.items()}
         by_name = {t.name: t for t in tasks}
         step_fns = {}
@@ -102,11 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
                 state, _ = checkpointer.restore(abstract, data_iterator=data_it)
                 log.info("resumed from step %d in %s", int(state["step"]), workdir)
             elif any(config.init_from.get(k) for k in SOURCES):
-                state["params"] = init_params_from(config.init_from, state["params"])
-                # Optimizer state that depends on the parameters (e.g. magnitude masks) follows the loaded ones.
-                state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])
-                if "ema" in state:
-                    state["ema"] = jax.tree.map(lambda p, e: p.astype(e.dtype), state["params"], state["ema"])
+                state = start_from(config.init_from, state, tx, shardings)
             start_step = int(jax.device_get(state["step"]))
             evaluators = build_evaluators(config, make_predict_fns(model))
             task_flops = {t.name: t.step_flops(config.model) for t in tasks}
@@ -126,6 +126,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             checkpointer.close()
     writer.close()
     return results
+
+
+def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTransformation, shardings: Any) -> dict:
+    """A fresh state whose parameters (and EMA) start from ``config.init_from``."""
+    state = dict(state, params=init_params_from(init_from, state["params"]))
+    # Optimizer state that depends on the parameters (e.g. magnitude masks) follows the loaded ones.
+    state["opt_state"] = jax.jit(tx.init, out_shardings=shardings["opt_state"])(state["params"])
+    if "ema_params" in state:  # the EMA starts at the loaded parameters, not at the random init
+        # A copy (own buffers): the step donates the state, and one buffer cannot be donated twice.
+        def copy(params, ema):
+            return jax.tree.map(lambda p, e: jnp.array(p, e.dtype, copy=True), params, ema)
+
+        state["ema_params"] = jax.jit(copy, out_shardings=shardings["ema_params"])(state["params"], state["ema_params"])
+    return state
 
 
 def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
