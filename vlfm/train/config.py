@@ -297,14 +297,15 @@ def describe_config(config: ConfigDict) -> str:
 
 
 def _describe(node: Any, section: Section | None, path: str, lines: list[str]) -> None:
-    title = path or "(top level)"
+    title = path or "top level"
     if section is not None and section.entries is not None:
         lines.append(f"[{title}] entries: {', '.join(node.keys()) or '(none)'}")
         for name in node.keys():
             value = node[name] or ConfigDict()
             _describe(value, section.entries(name, value), f"{path}.{name}", lines)
         return
-    lines.append(f"[{title}]" + (f" {section.what}" if section is not None else " (free mapping)"))
+    what = "(free mapping)" if section is None else "" if not path else section.what
+    lines.append(f"[{title}] {what}".rstrip())
     nested = []
     for key in node.keys():
         value = node[key]

@@ -245,7 +245,8 @@ class _Loop:
                 last_time, window = time.perf_counter(), {"steps": 0, "flops": 0.0, "examples": 0}
             if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
                 _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
-            checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done, **record}, force=done == total)
+            checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done, **record},
+                              force=done == total)
             if checkpointer.should_stop(done):
                 log.warning("preemption signal received: saved step %d and stopping", done)
                 break
