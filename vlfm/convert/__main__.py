@@ -14,6 +14,7 @@ import os
 import sys
 
 from vlfm.convert.hf import load_hf, save_hf
+from vlfm.core.checkpoint import export_params, load_params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("model_config")
     exp.add_argument("hf_dir")
     args = parser.parse_args(argv)
-
-    # Imported lazily: orbax is only needed here, not by load_hf/save_hf.
-    from vlfm.train.checkpoint import export_params, load_params
 
     if args.command == "import":
         model_config, params = load_hf(args.hf_dir, scan=not args.no_scan)

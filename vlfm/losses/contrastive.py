@@ -14,7 +14,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from vlfm.losses.registry import LOSSES
-from vlfm.train.sharding import BATCH_AXES
+from vlfm.core.sharding import BATCH_AXES
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:

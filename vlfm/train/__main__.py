@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config_spec, workdir, overrides, dry_run = parse_args(sys.argv[1:] if argv is None else argv)
+    # The package is imported only now (no cycle involved): a dependency installs a root log handler on import,
+    # which would turn the basicConfig above into a no-op if it came first.
     from vlfm.train import distributed
 
     distributed.initialize()  # before any other JAX call; a no-op for single-process runs

@@ -19,9 +19,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vlfm.convert.hf import load_hf
+from vlfm.core.checkpoint import load_params, load_params_from_checkpoint
+from vlfm.core.tree import strip_boxes
 from vlfm.models import build_model
-from vlfm.train.checkpoint import load_params, load_params_from_checkpoint
-from vlfm.train.state import strip_boxes
+from vlfm.train.config import load_config_file
 
 TEACHER_KEYS = ("config", "model", "params", "checkpoint", "hf")
 
@@ -37,8 +39,6 @@ def _teacher_model_cfg(name: str, cfg: Mapping[str, Any]) -> dict:
     if "model" in cfg:
         return dict(cfg["model"])
     if "config" in cfg:
-        from vlfm.train.config import load_config_file
-
         return load_config_file(cfg["config"]).model.to_dict()
     raise KeyError(f"teacher {name!r} needs 'config' (a config file) or 'model' (a model config)")
 
@@ -53,8 +53,6 @@ def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch:
         if unknown:
             raise KeyError(f"teacher {name!r} has unknown keys {unknown}; valid keys: {', '.join(TEACHER_KEYS)}")
         if "hf" in cfg:
-            from vlfm.convert.hf import load_hf
-
             model_cfg, host_params = load_hf(cfg["hf"])
             model = build_model(model_cfg)
         else:

@@ -23,15 +23,16 @@ from vlfm.data import to_global
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import build_combiner
+from vlfm.core import flops as flops_lib
+from vlfm.core.checkpoint import Checkpointer, export_params
+from vlfm.core.metrics_writer import MetricWriter, format_duration
+from vlfm.core.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
+from vlfm.core.tree import count_params
 from vlfm.train import aot, distributed
-from vlfm.train import flops as flops_lib
-from vlfm.train.checkpoint import Checkpointer, export_params
 from vlfm.train.config import check_keys
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import SOURCES, init_params_from
-from vlfm.train.metrics_writer import MetricWriter, format_duration
-from vlfm.train.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
-from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
+from vlfm.train.state import init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
 from vlfm.train.teachers import build_teachers
@@ -85,8 +86,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             step_fns[kind] = jax.jit(fn, in_shardings=(shardings, None, None), out_shardings=(shardings, replicated),
                                      donate_argnums=0)
+        task_flops = {t.name: t.step_flops(model, config.model, abstract["params"], config.flops, teachers,
+                                           teacher_params) for t in tasks}
         if dry_run:
-            report = _dry_run(config, step_fns, schedule, by_name, abstract, teacher_params, mesh)
+            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh)
             report["num_params"] = float(n_params)
             writer.close()
             return report
@@ -106,7 +109,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
                     state["ema"] = jax.tree.map(lambda p, e: p.astype(e.dtype), state["params"], state["ema"])
             start_step = int(jax.device_get(state["step"]))
             evaluators = build_evaluators(config, make_predict_fns(model))
-            task_flops = {t.name: t.step_flops(config.model) for t in tasks}
             peak, peak_source = flops_lib.peak_flops_per_device(
                 config.peak_tflops * 1e12 if config.peak_tflops else None)
             if peak is None:
@@ -125,7 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     return results
 
 
-def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
+def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
     """Compiles every step kind ahead of time; reports the largest per-device memory."""
     report: dict[str, float] = {}
     for kind, fn in step_fns.items():
@@ -138,7 +140,7 @@ def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
-        one["model_flops_per_step"] = sum(tasks_by_name[n].step_flops(config.model) for n in kind)
+        one["model_flops_per_step"] = sum(task_flops[n] for n in kind)
         log.info("dry run, step %s (per device): %s", "+".join(kind), ", ".join(
             f"{k}={aot.format_bytes(v)}" if k.endswith("bytes") else f"{k}={v:.4g}" for k, v in one.items()))
         for k, v in one.items():
