@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from vlfm.data import to_global
 from vlfm.models import build_model
@@ -51,7 +52,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     per-device memory and FLOPs (raising ``WillNotFitError`` when it cannot fit).
     """
     check_keys(config)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://...: one filesystem layer (epath)
     mesh = make_mesh(config.mesh.shape)
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
