@@ -112,7 +112,7 @@ def main(argv: list[str]) -> dict:
     if len(tasks) > 1:
         print(f"benchmarking task {task.name!r} only (of {len(tasks)})", file=sys.stderr)
     example = task.example()
-    mesh = make_mesh(config.mesh.shape)
+    mesh = make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
     base_tx, schedule = build_optimizer(config.optimizer, config.total_steps)

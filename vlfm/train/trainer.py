@@ -53,7 +53,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     """
     check_keys(config)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://...: one filesystem layer (epath)
-    mesh = make_mesh(config.mesh.shape)
+    mesh = make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
     tasks = build_tasks(config)
