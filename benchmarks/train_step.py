@@ -15,9 +15,10 @@ Printed: ``examples_per_s`` (global batch / median step time), ``step_ms``, ``mo
 commit, for ``benchmarks/RESULTS.md``. With ``config.profile_steps=a,b`` and ``--workdir``, timed
 steps a..b-1 are traced into ``DIR/profile`` (open with TensorBoard or Perfetto).
 
-Model FLOPs are analytic (``vlfm.train.flops``; the trainer's own count, so the figures match the
-training log), per example, forward, multiply-add = 2, matmuls and attention only, x3 for training
-(backward = 2 x forward; rematerialisation is not counted):
+Model FLOPs are the trainer's own count (``config.flops``: traced from the step's forward pass and loss by
+default, or the family's analytic formula; ``vlfm.core.flops``), so the figures match the training log:
+multiply-add = 2, matmuls and attention only, x3 for training (backward = 2 x forward; rematerialisation
+is not counted). The analytic formulas, per example and forward:
 
 - each transformer layer, T tokens of width d, MLP width m: ``2*T*(4*d*d + 2*d*m) + 4*T*T*d``;
 - ViT patch embedding ``2*P*p*p*3*d`` (P patches of p x p pixels);
@@ -45,13 +46,14 @@ import jax
 import numpy as np
 import optax
 
+from vlfm.core import flops as flops_lib
+from vlfm.core.sharding import make_mesh, rules_from_config, to_global_batch
+from vlfm.core.tree import count_params
+from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import build_combiner
-from vlfm.models import build_model
-from vlfm.train import flops as flops_lib
 from vlfm.train.config import load_config
-from vlfm.train.sharding import make_mesh, rules_from_config, to_global_batch
-from vlfm.train.state import count_params, init_batch, sharded_init, state_initializer
+from vlfm.train.state import init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import build_tasks
 
@@ -110,7 +112,7 @@ def main(argv: list[str]) -> dict:
     if len(tasks) > 1:
         print(f"benchmarking task {task.name!r} only (of {len(tasks)})", file=sys.stderr)
     example = task.example()
-    mesh = make_mesh(config.mesh.shape)
+    mesh = make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
     base_tx, schedule = build_optimizer(config.optimizer, config.total_steps)
@@ -121,7 +123,8 @@ def main(argv: list[str]) -> dict:
         parser.error("config.profile_steps needs --workdir")
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         init = state_initializer(model, tx, init_batch(example, 1), ema=config.ema_decay is not None)
-        state, shardings, _ = sharded_init(init, jax.random.key(0), mesh, rules)
+        state, shardings, abstract = sharded_init(init, jax.random.key(0), mesh, rules)
+        step_flops = task.step_flops(model, config.model, abstract["params"], config.flops)
         step_fn = make_train_step(model, [task], tx, schedule, seed=0, accum_steps=int(config.grad_accum_steps),
                                   ema_decay=config.ema_decay, prefix_metrics=False)
         step = jax.jit(step_fn, in_shardings=(shardings, None, None), out_shardings=(shardings, None),
@@ -145,7 +148,6 @@ def main(argv: list[str]) -> dict:
             if profile and i + 1 == profile[1]:
                 jax.profiler.stop_trace()
     step_s = statistics.median(times)
-    step_flops = task.step_flops(config.model)
     per_device = step_flops / step_s / jax.device_count()
     given = args.peak_tflops or config.peak_tflops
     if given:

@@ -1,4 +1,4 @@
-"""Tests for vlfm.train.checkpoint on a realistic sharded train state (8 fake CPU devices)."""
+"""Tests for vlfm.core.checkpoint on a realistic sharded train state (8 fake CPU devices)."""
 
 import os
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vlfm.train import checkpoint as ckpt  # noqa: E402
+from vlfm.core import checkpoint as ckpt  # noqa: E402
 
 AXES = ("data", "fsdp", "tensor")
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"))
@@ -364,7 +364,7 @@ sys.path.insert(0, {tests!r})
 import jax
 from test_checkpoint import Setup, AXES, RULES
 from jax.sharding import AxisType
-from vlfm.train import checkpoint as ckpt
+from vlfm.core import checkpoint as ckpt
 
 setup = Setup(jax.make_mesh((2, 2, 2), AXES, axis_types=(AxisType.Auto,) * 3))
 state = setup.state(0)

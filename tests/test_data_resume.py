@@ -15,7 +15,7 @@ import pytest
 from vlfm.data import build_dataset, synthetic, train_iterator
 from vlfm.data.mixing import per_step_iterator
 from vlfm.data.webdataset import write_shards
-from vlfm.train.checkpoint import Checkpointer
+from vlfm.core.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE = {"w": np.zeros(3, np.float32)}
@@ -128,7 +128,7 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()
 import numpy as np
 from tests.test_data_resume import STATE, batch_hash, make_iterator
-from vlfm.train.checkpoint import Checkpointer
+from vlfm.core.checkpoint import Checkpointer
 
 
 def main():

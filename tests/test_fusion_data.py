@@ -204,7 +204,7 @@ def test_rerank_retrieval_with_a_separately_trained_dual_encoder(tmp_path):
     import jax
     import flax.linen as nn
     from vlfm.models import build_model
-    from vlfm.train.checkpoint import export_params
+    from vlfm.core.checkpoint import export_params
 
     cfg = dict(name="dual_encoder", embed_dim=8,
                image=dict(name="vit", image_size=32, patch_size=16, width=16, depth=1, num_heads=2, mlp_dim=32),

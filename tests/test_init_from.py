@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import SMALL_CLIP, run_trainer
-from vlfm.train.checkpoint import load_params
+from vlfm.core.checkpoint import load_params
 from vlfm.train.init_from import init_params_from, merge_params
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from vlfm.losses import itm
 from vlfm.models import build_model
-from vlfm.train.sharding import make_mesh
+from vlfm.core.sharding import make_mesh
 
 
 def _streams(seed: int) -> dict:
@@ -180,7 +180,7 @@ def test_hard_negative_itm_runs_data_parallel():
     it): with injected indices it equals the single-device pass; sampling inside shard_map works."""
     import flax.linen as nn
 
-    from vlfm.train.sharding import DEFAULT_RULES, batch_sharding
+    from vlfm.core.sharding import DEFAULT_RULES, batch_sharding
 
     cfg = dict(name="bridgetower", itm="hard", contrastive_dim=8, **TINY_TOWERS)
     model = build_model(cfg)

@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlfm.losses import LOSSES, combined_loss
-from vlfm.train.sharding import make_mesh
+from vlfm.core.sharding import make_mesh
 
 
 def _unit(rng, n, d):

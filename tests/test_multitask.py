@@ -208,8 +208,8 @@ def test_kd_hidden_and_attention():
 def test_gradient_mask_survives_checkpoint_and_resume(tmp_path):
     import flax.linen as nn
 
-    from vlfm.train.checkpoint import Checkpointer
-    from vlfm.train.sharding import make_mesh, rules_from_config
+    from vlfm.core.checkpoint import Checkpointer
+    from vlfm.core.sharding import make_mesh, rules_from_config
     from vlfm.train.state import sharded_init
 
     tx = optax.chain(gradient_masking("text", "image", strategy="random", ratio=0.5, refresh_every=3, seed=7),

@@ -9,7 +9,7 @@ import pytest
 from vlfm.losses import combined_loss
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
-from vlfm.train.sharding import make_mesh, resolve_mesh_shape, rules_from_config, to_global_batch
+from vlfm.core.sharding import make_mesh, resolve_mesh_shape, rules_from_config, to_global_batch
 from vlfm.train.state import init_batch, sharded_init, state_initializer
 from vlfm.optim.combine import sum_gradients
 from vlfm.train.step import make_train_step

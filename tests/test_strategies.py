@@ -18,7 +18,7 @@ from tests.test_sharding import MODEL, _batch, _run, _single_device_reference
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import sum_gradients
-from vlfm.train.sharding import make_mesh, rules_from_config
+from vlfm.core.sharding import make_mesh, rules_from_config
 from vlfm.train.state import init_batch, sharded_init, state_initializer
 
 STRATEGIES = {

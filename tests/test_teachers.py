@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from vlfm.models import build_model
-from vlfm.train.checkpoint import Checkpointer, export_params
-from vlfm.train.sharding import make_mesh, rules_from_config
+from vlfm.core.checkpoint import Checkpointer, export_params
+from vlfm.core.sharding import make_mesh, rules_from_config
 from vlfm.train.teachers import build_teachers, teacher_outputs
 
 MODEL = dict(name="image_classifier", image=dict(name="vit", image_size=8, patch_size=4, width=16, depth=1,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, SMALL_CLIP, run_trainer, trainer_env
-from vlfm.train.checkpoint import load_params
+from vlfm.core.checkpoint import load_params
 
 
 def _metrics(workdir):
@@ -112,6 +112,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     bad_step = int(text.split("NaN/Inf at step ")[1].split(";")[0])
     last_good = int(text.split("last good checkpoint is step ")[1].split(".")[0])
     assert 0 < last_good < bad_step
-    from vlfm.train.checkpoint import load_params_from_checkpoint
+    from vlfm.core.checkpoint import load_params_from_checkpoint
     params = load_params_from_checkpoint(str(tmp_path / "checkpoints"), step=last_good)
     assert all(np.isfinite(x).all() for x in _leaves(params))

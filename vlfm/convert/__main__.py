@@ -17,6 +17,7 @@ import sys
 
 from vlfm.convert.hf import load_hf, save_hf
 from vlfm.train.config import load_workdir_config
+from vlfm.core.checkpoint import export_params, load_params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export" and len(args.paths) not in (2, 3):
         exp.error(f"expected PARAMS_DIR MODEL_CONFIG_JSON HF_DIR or WORKDIR HF_DIR, got {len(args.paths)} paths")
-
-    # Imported lazily: orbax is only needed here, not by load_hf/save_hf.
-    from vlfm.train.checkpoint import export_params, load_params
 
     if args.command == "import":
         model_config, params = load_hf(args.hf_dir, scan=not args.no_scan)

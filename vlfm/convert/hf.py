@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from vlfm.core.tree import strip_boxes
 from vlfm.models import TOWERS, build_model
-from vlfm.train.state import strip_boxes
+from vlfm.registry import Registry
 
 __all__ = ["load_hf", "save_hf", "hf_to_vlfm_config", "vlfm_to_hf_config"]
 
@@ -45,8 +46,9 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
-# Fusion-model checkpoints, converted by vlfm.convert.hf_fusion (load_hf dispatches to it).
-FUSION_MODEL_TYPES = ("vilt", "bridgetower")
+# Loaders of other HF model types, ``(path, scan) -> (model config, params)``, which load_hf dispatches to:
+# vlfm.convert.hf_fusion registers ViLT and BridgeTower (importing vlfm.convert registers them all).
+HF_LOADERS: Registry = Registry("HF model_type")
 
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -327,7 +329,7 @@ def hf_to_vlfm_config(hf_config: Mapping[str, Any], keys: Iterable[str] = (), sc
                      logit_scale_init=hf_config.get("logit_scale_init_value", 2.6592))
     else:
         raise ValueError(f"unsupported HF model_type {kind!r}; supported: bert, vit, clip, clip_text_model, "
-                         "clip_vision_model")
+                         f"clip_vision_model, {', '.join(HF_LOADERS.names())}")
     for tower in ("text", "image"):
         if tower in model:
             model[tower]["scan"] = scan
@@ -592,9 +594,8 @@ def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     """
     with open(os.path.join(path, CONFIG_NAME)) as f:
         hf_config = json.load(f)
-    if hf_config.get("model_type") in FUSION_MODEL_TYPES:  # ViLT, BridgeTower: vlfm.convert.hf_fusion
-        from vlfm.convert import hf_fusion
-        return hf_fusion.load_hf_fusion(path, scan=scan)
+    if hf_config.get("model_type") in HF_LOADERS:  # ViLT, BridgeTower: vlfm.convert.hf_fusion
+        return HF_LOADERS.get(hf_config["model_type"])(path, scan=scan)
     tensors = {k: v for k, v in _read_tensors(path).items() if not k.endswith(BUFFER_SUFFIXES)}
     model_config = hf_to_vlfm_config(hf_config, tensors, scan=scan)
     kind = hf_config["model_type"]

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlfm.convert.hf import (BERT_LAYER, BERT_TOP, BUFFER_SUFFIXES, CONFIG_NAME, VIT_LAYER, _act, _expand, _layers,
-                             _plain, _read_tensors, _stack_layers, map_tensors)
+                             HF_LOADERS, _plain, _read_tensors, _stack_layers, map_tensors)
+from vlfm.core.tree import merge_params, strip_boxes
 from vlfm.models import build_model
-from vlfm.train.state import strip_boxes
 
 __all__ = ["load_hf_fusion", "hf_fusion_config", "vilt_params_from_vit"]
 
@@ -253,6 +253,8 @@ def fusion_param_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
 
 
+@HF_LOADERS.register("vilt")
+@HF_LOADERS.register("bridgetower")
 def load_hf_fusion(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     """Reads an HF ViLT or BridgeTower checkpoint directory into ``(vlfm model config, params)``."""
     with open(os.path.join(path, CONFIG_NAME)) as f:
@@ -298,7 +300,5 @@ def vilt_params_from_vit(vilt_params: Mapping[str, Any], vit_params: Mapping[str
 
     Both must have the same width, depth and layer layout (scanned or not) and the same patch grid.
     """
-    from vlfm.train.init_from import merge_params
-
     vilt = flax.core.unfreeze(strip_boxes(vilt_params))
     return merge_params(vilt, flax.core.unfreeze(strip_boxes(vit_params)), rename=VIT_TO_VILT)[0]

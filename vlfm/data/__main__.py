@@ -15,10 +15,16 @@ import argparse
 import json
 import sys
 
+from absl import flags
+
+from vlfm.data import build_dataset
+from vlfm.data.pipeline import pipeline_stats
+from vlfm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+# An entry point, above every package: it reads a training config (the layering test exempts __main__ modules).
+from vlfm.train.config import load_config
+
 
 def _train_sentencepiece(args: argparse.Namespace) -> None:
-    from vlfm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
-
     path = train_sentencepiece(args.input, args.model_prefix, args.vocab_size, model_type=args.model_type,
                                character_coverage=args.character_coverage, max_sentences=args.max_sentences,
                                num_threads=args.num_threads, lowercase=args.lowercase)
@@ -28,13 +34,7 @@ def _train_sentencepiece(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
-    from absl import flags
-
-    flags.FLAGS.mark_as_parsed()
-    from vlfm.data import build_dataset
-    from vlfm.data.pipeline import pipeline_stats
-    from vlfm.train.config import load_config
-
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags
     config = load_config(args.config, overrides)
     bundle = build_dataset(config.data, args.split)
     it = iter(bundle.example_stream(seed=0, num_epochs=1, shuffle=False))

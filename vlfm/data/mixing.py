@@ -20,11 +20,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from vlfm.data.bad_data import states_under
+from vlfm.data.counters import MIX_KEY, mix_counts  # noqa: F401  (mix_counts: part of this module's API)
 from vlfm.data.pipeline import DATASETS, DataIterator, DatasetBundle, build_dataset, pipeline_stats, train_iterator
 
 SAMPLINGS = ("weighted", "round_robin")
-MIX_KEY = "vlfm_mix_counts"
 _BLOCK = 1024  # weighted choices are drawn in blocks of this many, each block seeded by its index
 
 
@@ -102,15 +101,6 @@ class _MixIterator(grain.DatasetIterator):
             parent.set_state(s)
         self.index = int(state["index"])
         self.counts = [int(c) for c in state[MIX_KEY]["counts"]]
-
-
-def mix_counts(state: Any) -> dict[str, int]:
-    """Dataset name -> examples drawn, summed over every ``MixStream`` in a (nested) iterator state."""
-    total: dict[str, int] = {}
-    for value in states_under(state, MIX_KEY):
-        for name, n in zip(value["names"], value["counts"]):
-            total[name] = total.get(name, 0) + int(n)
-    return total
 
 
 def _mixed_stream(*, bundles: Mapping[str, DatasetBundle], weights: Sequence[float], sampling: str, seed: int,

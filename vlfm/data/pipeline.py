@@ -18,9 +18,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
+from vlfm.core.sharding import batch_sharding
 from vlfm.data.bad_data import BadSample, DropBad, EmptyDatasetError, bad_counts
+from vlfm.data.counters import mix_counts
 from vlfm.registry import Registry
 
 DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
@@ -147,8 +151,6 @@ class DataIterator(grain.DatasetIterator):
 
 def pipeline_stats(state: Any) -> dict[str, float]:
     """Bad-data and mixing counters from a (nested) pipeline state."""
-    from vlfm.data.mixing import mix_counts  # mixing builds on this module
-
     out: dict[str, float] = {}
     per_dataset = bad_counts(state)
     for kinds in per_dataset.values():
@@ -169,8 +171,6 @@ def train_iterator(bundle: DatasetBundle, *, global_batch_size: int, seed: int, 
                    process_index: int | None = None, process_count: int | None = None) -> DataIterator:
     """An endless, seeded, host-sharded iterator of per-host numpy batches (checkpointable)."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
@@ -185,8 +185,6 @@ def train_iterator(bundle: DatasetBundle, *, global_batch_size: int, seed: int, 
 
 def _ensure_absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; outside ``absl.app.run`` nothing has parsed them."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -198,10 +196,6 @@ def numeric_only(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict:
     """This host's rows -> global ``jax.Array``s sharded over the data-parallel axes."""
-    import jax
-
-    from vlfm.train.sharding import batch_sharding
-
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
             for k, v in numeric_only(batch).items()}
 

@@ -23,7 +23,7 @@ from vlfm.data.preprocess import build_processor
 
 def _image_decoders(features: Any) -> dict:
     """SkipDecoding for every Image feature (nested dicts included): decode later, with bad-data handling."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy optional dependency, only for TFDS datasets
 
     decoders = {}
     for name, feature in features.items():
@@ -60,7 +60,7 @@ def tfds_dataset(split: str, tfds_name: str, data_dir: str | None = None, name: 
     ``split_names`` maps vlfm split names to TFDS ones (e.g. ``{"validation": "val"}``); TFDS slicing
     such as ``train[:90%]`` works. ``augment`` defaults to True for splits named ``train*``.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy optional dependency, only for TFDS datasets
 
     tfds_split = dict(split_names or {}).get(split, split)
     builder = tfds.builder(tfds_name, data_dir=data_dir)

@@ -13,6 +13,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from vlfm.data import shapes
+
 
 @runtime_checkable
 class Tokenizer(Protocol):
@@ -69,8 +71,6 @@ class WordTokenizer:
     @classmethod
     def for_shapes(cls) -> WordTokenizer:
         """The tokenizer for captions of the built-in shapes dataset."""
-        from vlfm.data import shapes
-
         return cls(shapes.VOCAB)
 
     def split(self, text: str) -> list[str]:
@@ -271,7 +271,7 @@ class SentencePieceTokenizer:
     """
 
     def __init__(self, model_proto: bytes):
-        import sentencepiece as spm
+        import sentencepiece as spm  # optional dependency, only for SentencePiece tokenizers
 
         self._proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -329,7 +329,7 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], model_prefix: str |
     bos 2, eos 3, ``<mask>`` 4. ``max_sentences`` lines are sampled from large corpora. With
     ``hard_vocab_limit=False`` a vocabulary too large for the corpus is shrunk instead of failing.
     """
-    import sentencepiece as spm
+    import sentencepiece as spm  # optional dependency, only for SentencePiece tokenizers
 
     files = [os.fspath(p) for p in inputs]
     for path in files:

@@ -15,9 +15,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from vlfm.core.checkpoint import load_params
 from vlfm.data.pipeline import build_dataset, eval_arrays, predict_all
 from vlfm.evaluators.registry import EVALUATORS
 from vlfm.evaluators.retrieval import recall_at_k
+from vlfm.models import build_model
 
 
 @EVALUATORS.register("vqa")
@@ -91,9 +93,6 @@ class ItmEvaluator:
 def _external_dual_encoder(cfg: Mapping[str, Any]) -> tuple[Callable, Callable, Any]:
     """``encode_image``/``encode_text`` fns and params of a separately trained dual encoder:
     ``{"model": <model config, or a JSON file of one>, "workdir": <its run> | "params": <params export>}``."""
-    from vlfm.models import build_model
-    from vlfm.train.checkpoint import load_params
-
     model_cfg = cfg["model"]
     if isinstance(model_cfg, str):
         with open(model_cfg) as f:

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from vlfm.core.sharding import BATCH_AXES
 from vlfm.losses.registry import LOSSES, couples_batch
-from vlfm.train.sharding import BATCH_AXES
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Shared transformer parts: projections, embeddings, attention, MLP, blocks and the layer stack.
 
 Every parameter is created with logical axis names, so that the sharding rules of
-``vlfm.train.sharding`` decide how it is laid out on the mesh. Kernels with several output axes are
+``vlfm.core.sharding`` decide how it is laid out on the mesh. Kernels with several output axes are
 einsum projections (``Proj``) rather than ``nn.DenseGeneral``, whose reshape breaks N-D logical
 annotations under a mesh.
 """

@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from vlfm.core.flops import transformer_flops
 from vlfm.models import layers
 from vlfm.models.dual_encoder import l2_normalize
+from vlfm.models.flops import tower_flops
 from vlfm.models.fusion import CoAttentionFusion, FusionModel, MergedFusion
 from vlfm.models.registry import MODELS
 from vlfm.models.towers import build_tower
@@ -157,23 +159,27 @@ class CoAttentionModel(FusionModel):
     @staticmethod
     def flops_per_example(cfg: Mapping[str, Any], text_len: int | None = None, inputs: tuple[str, ...] = (),
                           **_: Any) -> float:
-        """Forward FLOPs of one training example: towers (text twice with MLM), fusion per pass."""
-        from vlfm.train.flops import tower_flops
-
+        """Forward FLOPs of one training example: towers (text twice with MLM), their projections to the
+        fusion width (of each bridged layer), fusion per pass; poolers and heads are left out."""
         del inputs
-        image_flops, _ = tower_flops(cfg["image"])
-        text_flops, _ = tower_flops(cfg["text"], text_len)
+        image_flops, image_width = tower_flops(cfg["image"])
+        text_flops, text_width = tower_flops(cfg["text"], text_len)
         p, size = cfg["image"].get("patch_size", 16), cfg["image"].get("image_size", 224)
         s, t = (size // p) ** 2 + 1, text_len or cfg["text"].get("max_len", 40)
-        d, m = cfg.get("width", 768), cfg.get("mlp_dim", 3072)
-        # One co-attention layer pair: self-attention, cross-attention and MLP on each side.
-        pair = sum(2 * q * (4 * d * d + 2 * d * m) + 4 * q * q * d + 4 * q * kv * d + 4 * kv * d * d
-                   for q, kv in ((t, s), (s, t)))
+        d, m, depth = cfg.get("width", 768), cfg.get("mlp_dim", 3072), cfg.get("depth", 6)
+        if cfg.get("fusion", MODELS.get(cfg["name"]).fusion) == "merged":  # one transformer on the concatenated tokens
+            fusion = transformer_flops(s + t, d, depth, m)
+        else:  # per co-attention layer pair: self-attention, cross-attention (q, k, v, out) and MLP on each side
+            fusion = depth * sum(2 * q * (4 * d * d + 2 * d * m) + 4 * q * q * d + 4 * q * kv * d + 4 * (q + kv) * d * d
+                                 for q, kv in ((t, s), (s, t)))
+        text_passes = 1 + int(bool(cfg.get("mlm")))
+        bridge = cfg.get("bridge", MODELS.get(cfg["name"]).bridge)  # the class default: none (METER), add
+        bridged = depth if bridge != "none" else 1  # each bridged layer is projected
+        transforms = 2 * bridged * d * (s * image_width + text_passes * t * text_width)
         itm = cfg.get("itm", "none")
         passes = 3 * int(itm == "hard") + int(itm == "random") + int(bool(cfg.get("mlm")))
         passes += int(bool(cfg.get("vqa_answers") or cfg.get("num_classes"))) + 2 * int(bool(cfg.get("pair_classes")))
-        return float(image_flops + text_flops * (1 + int(bool(cfg.get("mlm")))) + max(passes, 1) * cfg.get(
-            "depth", 6) * pair)
+        return float(image_flops + text_flops * text_passes + transforms + max(passes, 1) * fusion)
 
 
 @MODELS.register("meter")

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from vlfm.core.flops import transformer_flops
 from vlfm.models import layers
-from vlfm.train.flops import transformer_flops
 from vlfm.models.registry import MODELS
 from vlfm.models.tower_base import TransformerTower, encoder_module
 

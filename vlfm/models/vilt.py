@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlfm.core.flops import transformer_flops
 from vlfm.models import layers
 from vlfm.models.fusion import FusionModel
 from vlfm.models.registry import MODELS
@@ -128,8 +129,6 @@ class Vilt(FusionModel):
     def flops_per_example(cfg: Mapping[str, Any], text_len: int | None = None, inputs: tuple[str, ...] = (),
                           **_: Any) -> float:
         """Forward FLOPs of one training example: one fused pass per enabled objective/head."""
-        from vlfm.train.flops import transformer_flops
-
         del inputs
         width, mlp = cfg.get("width", 768), cfg.get("mlp_dim", 3072)
         patch, size = cfg.get("patch_size", 32), cfg.get("image_size", 384)

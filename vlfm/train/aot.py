@@ -9,8 +9,8 @@ reports, per device:
   arguments) and ``total_bytes = argument + output + temp - alias``, the peak the step needs;
 - ``xla_flops_per_device``: XLA's cost analysis of the compiled per-device program. It counts the
   body of a loop once, not once per iteration, so with scanned layers (``scan=True``) it undercounts
-  by about the depth (2.8e12 against the analytic 3.2e13 for ``configs/clip_b16.py``). The FLOPs to
-  trust are the analytic ``model_flops_per_step`` (``vlfm.train.flops``) the trainer adds, the count
+  by about the depth (2.8e12 against the model count 3.2e13 for ``configs/clip_b16.py``). The FLOPs to
+  trust are the ``model_flops_per_step`` (``vlfm.core.flops``) the trainer adds, the count
   the training log and the benchmark use.
 
 The memory limit is the device's own (``bytes_limit`` from ``memory_stats()``, on GPUs and TPUs) or

@@ -53,7 +53,7 @@ def base_config() -> ConfigDict:
     # mu_dtype / lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,
                                   clip_norm=1.0, mu_dtype=None, lr_multipliers=None, layer_decay=None))
-    c.mesh = ConfigDict(dict(shape=(-1, 1, 1), rules=()))
+    c.mesh = ConfigDict(dict(shape=(-1, 1, 1), rules=(), dcn_shape=None))  # dcn_shape: vlfm.core.sharding
     c.evals = ConfigDict()
     c.log_every = 50
     c.checkpoint_every = 1000
@@ -61,6 +61,7 @@ def base_config() -> ConfigDict:
     c.async_checkpoints = True
     c.export_params = True
     c.peak_tflops = ml_collections.config_dict.placeholder(float)
+    c.flops = "traced"  # model FLOPs for MFU: "traced" (any model) or "analytic" (vlfm.core.flops)
     c.profile_steps = ""  # "a,b": write a jax.profiler trace of steps a..b-1 into workdir/profile
     return c
 

@@ -26,11 +26,12 @@ from vlfm.optim.layer_decay import layerwise_lr_decay
 from vlfm.optim.optimizers import OPTIMIZER_KEYS
 from vlfm.optim.schedules import SCHEDULE_KEYS
 from vlfm.registry import Registry
-from vlfm.train.tasks import TASK_KEYS
 
 MISSING = inspect.Parameter.empty
 # ``config.teachers.NAME``: a model from a config file / model config / training workdir, its params from a
 # params export / checkpoint, or an HF directory (vlfm.train.teachers).
+# ``config.tasks.NAME`` (vlfm.train.tasks).
+TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps", "forward")
 TEACHER_KEYS = ("config", "model", "workdir", "params", "checkpoint", "hf", "forward")
 EVAL_KEYS = ("type", "every")  # read by the trainer; the rest are the evaluator's arguments
 LOSS_KEYS = ("weight", "fn")  # read by combined_loss; the rest are the loss function's arguments

@@ -15,6 +15,8 @@ from flax import traverse_util
 
 from vlfm.train.forward import Forward
 
+from vlfm.core.tree import strip_boxes
+
 
 def init_batch(example: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     """A small batch shaped like the data (parameter shapes do not depend on the batch size)."""
@@ -95,13 +97,3 @@ def sharded_init(init: Callable[[jax.Array], dict], rng: jax.Array, mesh, rules)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             strip_boxes(boxed), shardings)
     return state, shardings, abstract
-
-
-def strip_boxes(tree: Any) -> Any:
-    """Removes logical-axis boxes without applying their sharding constraints (safe outside jit)."""
-    return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
-                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -25,15 +25,21 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
+import flax.linen as nn
+import jax
 import ml_collections
 import numpy as np
 
+from vlfm.core.flops import TRAIN_FACTOR, traced_flops
 from vlfm.data.pipeline import DatasetBundle, build_dataset, numeric_only, train_iterator
 from vlfm.losses import combined_loss
+from vlfm.models.flops import flops_per_example as analytic_flops_per_example
 from vlfm.train.forward import Forward, parse_forward
+from vlfm.train.schema import TASK_KEYS
+from vlfm.train.teachers import Teacher, teacher_outputs
 
 SCHEDULES = ("round_robin", "uniform", "weighted", "accumulate", "stages")
-TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps", "forward")
+FLOP_METHODS = ("traced", "analytic")  # config.flops
 
 
 @dataclasses.dataclass
@@ -55,14 +61,38 @@ class Task:
         example = self.bundle.example()  # first usable example (map and stream datasets alike)
         return numeric_only(example) if isinstance(example, dict) else example
 
-    def step_flops(self, model_cfg: Mapping[str, Any]) -> float:
-        """Model FLOPs of one training step of this task (its batch, its inputs): what the log and the
-        benchmark report."""
-        from vlfm.train.flops import train_flops_per_example
+    def step_flops(self, model: nn.Module, model_cfg: Mapping[str, Any], params: Any, method: str = "traced",
+                   teachers: Mapping[str, Teacher] | None = None, teacher_params: Mapping[str, Any] | None = None
+                   ) -> float:
+        """Model FLOPs of one training step of this task (its batch, its inputs): what the log, the dry
+        run and the benchmark report. ``method`` (``config.flops``): ``traced`` counts the matmuls of
+        the traced forward pass and loss, x3 for training, plus its teachers' forward passes (x1);
+        ``analytic`` uses the model family's formula (``vlfm.models.flops``). See ``vlfm.core.flops``."""
+        # Numeric leaves, numpy scalars (labels) included: the keys a batch of this task carries.
+        example = {k: np.asarray(v) for k, v in self.bundle.example().items()
+                   if isinstance(v, (np.ndarray, np.generic)) and np.asarray(v).dtype.kind in "biuf"}
+        if method == "analytic":
+            per_example = analytic_flops_per_example(model_cfg, text_len=self.bundle.info.get("max_len"),
+                                                     global_batch=self.batch_size, inputs=tuple(example))
+            return TRAIN_FACTOR * self.batch_size * per_example
+        if method != "traced":
+            raise KeyError(f"unknown config.flops {method!r}; valid: {', '.join(FLOP_METHODS)}")
+        batch = {k: jax.ShapeDtypeStruct((self.batch_size, *v.shape), v.dtype) for k, v in example.items()}
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (params, teacher_params or {}))
+        rng = jax.random.key(0)
 
-        per_example = train_flops_per_example(model_cfg, text_len=self.bundle.info.get("max_len"),
-                                              global_batch=self.batch_size, inputs=tuple(self.example()))
-        return self.batch_size * per_example
+        def loss(p, tp, b):
+            outputs = self.forward.apply(model, p, b, task=self.name, train=True, rng=rng)
+            if self.teachers:
+                outputs = dict(outputs, **teacher_outputs(teachers, self.teachers, tp, b, task=self.name))
+            return self.loss_fn(outputs, b)[0]
+
+        total = traced_flops(loss, *abstract, batch)
+        if not self.teachers:
+            return TRAIN_FACTOR * total
+        teacher = traced_flops(lambda tp, b: teacher_outputs(teachers, self.teachers, tp, b, task=self.name),
+                               abstract[1], batch)
+        return TRAIN_FACTOR * (total - teacher) + teacher
 
 
 def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:

@@ -21,12 +21,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vlfm.convert.hf import load_hf
+from vlfm.core.checkpoint import load_params, load_params_from_checkpoint
+from vlfm.core.tree import strip_boxes
 from vlfm.models import build_model
-from vlfm.train.checkpoint import load_params, load_params_from_checkpoint
 from vlfm.train.config import load_config_file, load_workdir_config
 from vlfm.train.forward import Forward, parse_forward
 from vlfm.train.schema import TEACHER_KEYS
-from vlfm.train.state import strip_boxes
 
 
 @dataclasses.dataclass
@@ -74,8 +75,6 @@ def build_teachers(teachers_cfg: Mapping[str, Mapping[str, Any]], example_batch:
             raise KeyError(f"teacher {name!r} has unknown keys {unknown}; valid keys: {', '.join(TEACHER_KEYS)}")
         cfg = _workdir_sources(name, cfg)
         if "hf" in cfg:
-            from vlfm.convert.hf import load_hf
-
             model_cfg, host_params = load_hf(cfg["hf"])
             model = build_model(model_cfg)
         else:

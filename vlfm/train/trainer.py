@@ -19,20 +19,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from vlfm.data import to_global
 from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import build_combiner
+from vlfm.core import flops as flops_lib
+from vlfm.core.checkpoint import Checkpointer, export_params
+from vlfm.core.metrics_writer import MetricWriter, format_duration
+from vlfm.core.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
+from vlfm.core.tree import count_params
 from vlfm.train import aot, distributed
-from vlfm.train import flops as flops_lib
-from vlfm.train.checkpoint import Checkpointer, export_params
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import SOURCES, init_params_from
-from vlfm.train.metrics_writer import MetricWriter, format_duration
-from vlfm.train.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
-from vlfm.train.state import TaskInit, count_params, init_batch, sharded_init, state_initializer
+from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
 from vlfm.train.teachers import build_teachers
@@ -51,8 +53,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     per-device memory and FLOPs (raising ``WillNotFitError`` when it cannot fit).
     """
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    mesh = make_mesh(config.mesh.shape)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://...: one filesystem layer (epath)
+    mesh = make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
     tasks = build_tasks(config)
@@ -89,9 +91,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             step_fns[kind] = jax.jit(fn, in_shardings=(shardings, None, None), out_shardings=(shardings, replicated),
                                      donate_argnums=0)
+        task_flops = {t.name: t.step_flops(model, config.model, abstract["params"], config.flops, teachers,
+                                           teacher_params) for t in tasks}
         if dry_run:
             log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
-            report = _dry_run(config, step_fns, schedule, by_name, abstract, teacher_params, mesh)
+            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh)
             report["num_params"] = float(n_params)
             writer.close()
             return report
@@ -109,7 +113,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
                 state = start_from(config.init_from, state, tx, shardings)
             start_step = int(jax.device_get(state["step"]))
             evaluators = build_evaluators(config, make_predict_fns(model))
-            task_flops = {t.name: t.step_flops(config.model) for t in tasks}
             peak, peak_source = flops_lib.peak_flops_per_device(
                 config.peak_tflops * 1e12 if config.peak_tflops else None)
             if peak is None:
@@ -142,7 +145,7 @@ def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTran
     return state
 
 
-def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
+def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
     """Compiles every step kind ahead of time; reports the largest per-device memory."""
     report: dict[str, float] = {}
     for kind, fn in step_fns.items():
@@ -155,7 +158,7 @@ def _dry_run(config, step_fns, schedule, tasks_by_name, abstract, teacher_params
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
-        one["model_flops_per_step"] = sum(tasks_by_name[n].step_flops(config.model) for n in kind)
+        one["model_flops_per_step"] = sum(task_flops[n] for n in kind)
         log.info("dry run, step %s (per device): %s", "+".join(kind), ", ".join(
             f"{k}={aot.format_bytes(v)}" if k.endswith("bytes") else f"{k}={v:.4g}" for k, v in one.items()))
         for k, v in one.items():

@@ -3,16 +3,19 @@
 Every parameter and activation in vlfm is named with logical axes (``embed``, ``mlp``, ``heads``,
 ``batch`` ...). The rules below map them onto the mesh axes ``(data, fsdp, tensor)``: data and fsdp
 split the batch; fsdp also splits parameters and optimizer state along ``embed``; tensor splits
-heads, MLP and vocabulary. Changing the strategy is a config change, not a code change.
+heads, MLP and vocabulary. Changing the strategy is a config change, not a code change. On multi-slice
+TPU pods ``mesh.dcn_shape`` says which axes cross slices (``hybrid_device_array``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -52,12 +55,43 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     return shape
 
 
-def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with Auto axes (needed for logical sharding constraints under GSPMD)."""
-    devices = list(devices if devices is not None else jax.devices())
+def hybrid_device_array(shape: Sequence[int], dcn_shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
+    """Devices laid out for a multi-slice mesh: ``shape`` is the whole mesh, ``dcn_shape`` how many slices
+    (granules joined by the data-centre network) each axis spans; inside a slice each axis has
+    ``shape / dcn_shape`` devices on the fast ICI links, so only the axes with ``dcn_shape > 1`` (data
+    parallelism, usually) cross slices.
+
+    A granule is a TPU slice (devices with ``slice_index``) or, where devices have none (GPUs, CPUs), a
+    process. ``-1`` in ``shape`` is "the rest of the devices"; ``dcn_shape`` must multiply to the number
+    of granules.
+    """
     shape = resolve_mesh_shape(shape, len(devices))
+    dcn_shape = tuple(int(s) for s in dcn_shape)
+    if len(dcn_shape) != len(shape) or min(dcn_shape) < 1:
+        raise ValueError(f"mesh.dcn_shape {dcn_shape} needs one positive entry per mesh axis ({len(shape)})")
+    if any(s % d for s, d in zip(shape, dcn_shape)):
+        raise ValueError(f"mesh.dcn_shape {dcn_shape} does not divide the mesh shape {shape} axis by axis")
+    by_slice = all(getattr(d, "slice_index", None) is not None for d in devices)
+    granule = "slice_index" if by_slice else "process_index"
+    granules = len({getattr(d, granule) for d in devices})
+    if math.prod(dcn_shape) != granules:
+        kind = "slices" if by_slice else "processes (these devices have no slice_index, so a process is a granule)"
+        raise ValueError(f"mesh.dcn_shape {dcn_shape} spans {math.prod(dcn_shape)} granules, but the job has "
+                         f"{granules} {kind}")
+    ici_shape = tuple(s // d for s, d in zip(shape, dcn_shape))
+    return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=not by_slice,
+                                                allow_split_physical_axes=True)
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES,
+              devices: Sequence[jax.Device] | None = None, dcn_shape: Sequence[int] | None = None) -> Mesh:
+    """A mesh with Auto axes (needed for logical sharding constraints under GSPMD); with ``dcn_shape``
+    (``config.mesh.dcn_shape``, multi-slice pods) a hybrid ICI/DCN layout (``hybrid_device_array``)."""
+    devices = list(devices if devices is not None else jax.devices())
     axis_types = (AxisType.Auto,) * len(shape)
+    if dcn_shape is not None and math.prod(dcn_shape) > 1:
+        return Mesh(hybrid_device_array(shape, dcn_shape, devices), tuple(axes), axis_types=axis_types)
+    shape = resolve_mesh_shape(shape, len(devices))
     if len(devices) == len(jax.devices()):
         return jax.make_mesh(shape, tuple(axes), axis_types=axis_types)
     return Mesh(np.asarray(devices).reshape(shape), tuple(axes), axis_types=axis_types)
