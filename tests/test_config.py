@@ -258,7 +258,7 @@ def test_convert_export_accepts_a_training_workdir(tmp_path):
     from safetensors.numpy import load_file
 
     from vlfm.convert.__main__ import main
-    from vlfm.train.checkpoint import export_params, load_params
+    from vlfm.core.checkpoint import export_params, load_params
     from vlfm.train.config import save_workdir_config
 
     hf = transformers.ViTModel(transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

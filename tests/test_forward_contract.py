@@ -11,7 +11,7 @@ import pytest
 from vlfm.losses import combined_loss
 from vlfm.optim.combine import sum_gradients
 from vlfm.train.forward import FORWARD_KEYS, STREAMS, Forward, parse_forward
-from vlfm.train.sharding import make_mesh, rules_from_config
+from vlfm.core.sharding import make_mesh, rules_from_config
 from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TASK_KEYS, Task

@@ -255,7 +255,7 @@ def test_cli_imports_fusion_checkpoints(tmp_path):
     import json
 
     from vlfm.convert.__main__ import main
-    from vlfm.train.checkpoint import load_params
+    from vlfm.core.checkpoint import load_params
 
     torch.manual_seed(0)
     path = save(transformers.ViltForMaskedLM(transformers.ViltConfig(**VILT)), tmp_path / "hf")

@@ -62,8 +62,8 @@ def test_start_from_sets_params_opt_state_and_ema(tmp_path):
     import jax
     import optax
 
-    from vlfm.train.checkpoint import export_params
-    from vlfm.train.sharding import make_mesh, rules_from_config
+    from vlfm.core.checkpoint import export_params
+    from vlfm.core.sharding import make_mesh, rules_from_config
     from vlfm.train.state import sharded_init, state_initializer
     from vlfm.train.trainer import start_from
 
@@ -113,7 +113,7 @@ def test_trainer_starts_from_another_runs_params(tmp_path):
 def _checkpoint_item(directory, step, item):
     from etils import epath
 
-    from vlfm.train.checkpoint import _load_pytree
+    from vlfm.core.checkpoint import _load_pytree
 
     return _load_pytree(epath.Path(directory) / str(step) / item, None)
 
