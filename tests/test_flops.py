@@ -18,6 +18,7 @@ from vlfm.models import layers
 from vlfm.train.config import base_config, load_config
 from vlfm.train.state import init_batch
 from vlfm.train.tasks import build_tasks
+from vlfm.train.teachers import Teacher
 from vlfm.train.trainer import train
 
 F32 = jnp.float32
@@ -172,3 +173,19 @@ def test_a_model_without_a_formula_trains_and_logs_mfu(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "train/mfu" in r]
     assert logged and all(r["train/mfu"] > 0 and r["train/tflops_per_device"] > 0 for r in logged)
+
+
+def test_teachers_forward_passes_count_once():
+    """A distilled task: student forward and loss x3 (trained), the frozen teacher's forward x1."""
+    config = _toy_config()
+    config.losses = dict(kd_logits=dict(teacher="big"))
+    task = build_tasks(config)[0]
+    task.teachers = ("big",)
+    student, teacher = build_model(config.model), build_model(dict(config.model, hidden=32))
+    batch = init_batch({"image": np.zeros((8, 8, 3), np.float32)}, 1)
+    params, teacher_params = (strip_boxes(jax.eval_shape(lambda m=m: m.init(jax.random.key(0), batch))["params"])
+                              for m in (student, teacher))
+    flops = task.step_flops(student, config.model, params, "traced", {"big": Teacher("big", teacher, None)},
+                            {"big": teacher_params})
+    image = 8 * 8 * 3
+    assert flops == TRAIN_FACTOR * 2 * 16 * (image * 16 + 16 * 56) + 2 * 16 * (image * 32 + 32 * 56)
