@@ -26,7 +26,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from vlfm.losses.contrastive import _batch_axes
-from vlfm.losses.registry import LOSSES, couples_batch
+from vlfm.losses.registry import LOSSES, negatives_from_batch
 
 
 def random_negatives(rng: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -90,7 +90,7 @@ def hard_negative_pairs(neg_image: jax.Array, neg_text: jax.Array) -> tuple[jax.
 
 
 @LOSSES.register("itm")
-@couples_batch  # its negative pairs are drawn from the batch
+@negatives_from_batch
 def itm_loss(outputs: dict, batch: dict, logits_key: str = "itm_logits", label_key: str = "itm_labels",
              class_weights: tuple[float, float] | None = None) -> tuple[jax.Array, dict]:
     """2-way cross-entropy on the pairs the model built (``outputs["itm_labels"]``: 1 = match).

@@ -14,9 +14,16 @@ LOSSES: Registry[LossFn] = Registry("loss")
 
 
 def couples_batch(fn: LossFn) -> LossFn:
-    """Marks a loss whose value couples the examples of a batch (the batch serves as negatives), so it
-    changes when the batch is split into accumulation micro-batches; the train step refuses those."""
+    """Marks a loss that couples the examples of a batch through the outputs (the batch serves as
+    negatives): under gradient accumulation the train step caches the outputs of the whole batch."""
     fn.couples_batch = True
+    return fn
+
+
+def negatives_from_batch(fn: LossFn) -> LossFn:
+    """Marks a loss whose pairs the model draws from the batch inside its forward pass (ITM): gradient
+    accumulation would change them, so the train step refuses it."""
+    fn.negatives_from_batch = True
     return fn
 
 
@@ -27,13 +34,15 @@ def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
     """
     if not losses_cfg:
         raise ValueError(f"no loss configured; valid names: {', '.join(LOSSES.names())}")
-    parts, coupled = [], []
+    parts, coupled, drawn = [], [], []
     for name, cfg in losses_cfg.items():
         cfg = dict(cfg or {})
         weight = float(cfg.pop("weight", 1.0))
         parts.append((name, weight, LOSSES.get(cfg.pop("fn", name)), cfg))
         if getattr(parts[-1][2], "couples_batch", False):
             coupled.append(name)
+        if getattr(parts[-1][2], "negatives_from_batch", False):
+            drawn.append(name)
 
     def total(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
         loss, metrics = 0.0, {}
@@ -44,5 +53,6 @@ def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
             metrics.update({f"{name}/{k}": v for k, v in m.items()})
         return loss, metrics
 
-    total.couples_batch = tuple(coupled)  # names of the losses that couple the batch (see couples_batch)
+    total.couples_batch = tuple(coupled)  # names of the losses marked as below
+    total.negatives_from_batch = tuple(drawn)
     return total

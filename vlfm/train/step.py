@@ -16,9 +16,17 @@ Refused combinations (each would silently train something else than configured):
 - a task ``lr_multiplier`` other than 1 for tasks that share one update (``accumulate`` schedule):
   under Adam a scaled gradient is not a scaled update, and one update cannot be split by task; use
   ``optimizer.lr_multipliers`` (per parameter group) instead;
-- ``grad_accum_steps > 1`` with a loss that couples the examples of a batch (``couples_batch`` in
-  ``vlfm.losses.registry``: contrastive losses, ITM with batch negatives): each micro-batch would
-  see ``B / k`` negatives.
+- ``grad_accum_steps > 1`` with a loss whose pairs the model draws from the batch
+  (``negatives_from_batch`` in ``vlfm.losses.registry``: ITM): each micro-batch would draw from
+  ``B / k`` rows.
+
+Accumulation with a loss that couples the examples through the outputs (``couples_batch``: the
+contrastive losses) uses open_clip's feature cache, so it equals the full-batch loss and gradient:
+a first pass computes every micro-batch's outputs without gradient; then each micro-batch recomputes
+its own outputs with gradient and the loss is taken over the whole batch, its rows live and the
+other rows from the cache. Batch-major outputs (leading dimension = micro-batch size) are spliced
+by row; scalar outputs (``logit_scale``) are live in every micro-batch with ``1 / k`` of their
+gradient each; any other output shape is refused, naming it. It costs one extra forward pass.
 """
 
 from __future__ import annotations
@@ -48,12 +56,16 @@ def check_step_tasks(tasks: Sequence[Task], accum_steps: int) -> None:
                     "learning rate is not defined; use optimizer.lr_multipliers (per parameter group) instead")
     if accum_steps > 1:
         for task in tasks:
-            coupled = getattr(task.loss_fn, "couples_batch", ())
-            if coupled:
+            drawn = getattr(task.loss_fn, "negatives_from_batch", ())
+            if drawn:
                 raise ValueError(
-                    f"task {task.name!r}: loss {', '.join(coupled)} uses the whole batch (as negatives), so "
-                    f"grad_accum_steps={accum_steps} would change it (each micro-batch sees 1/{accum_steps} of the "
-                    "batch); set grad_accum_steps=1 (shard the batch over more devices, or use remat instead)")
+                    f"task {task.name!r}: loss {', '.join(drawn)} reads pairs the model draws from the whole batch, "
+                    f"so grad_accum_steps={accum_steps} would change it (each micro-batch draws from 1/{accum_steps} "
+                    "of the batch); set grad_accum_steps=1 (shard the batch over more devices, or use remat instead)")
+
+
+def batch_size(batch: Mapping[str, Any]) -> int:
+    return jax.tree.leaves(batch)[0].shape[0]
 
 
 def _micro_batches(batch: dict, accum_steps: int) -> dict:
@@ -62,6 +74,26 @@ def _micro_batches(batch: dict, accum_steps: int) -> dict:
         x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
         return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
     return jax.tree.map(split, batch)
+
+
+def _whole_batch(x: jax.Array) -> jax.Array:
+    """Inverse of ``_micro_batches`` for one ``[k, B/k, ...]`` array: rows back in batch order."""
+    x = x.swapaxes(0, 1)
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _splice(cached: Any, live: Any, index: jax.Array, accum_steps: int, micro_size: int) -> Any:
+    """The whole batch's outputs: micro-batch ``index``'s rows live, the others from ``cached`` (``[k, ...]``)."""
+    def one(path, c, x):
+        if x.ndim == 0:  # shared by all rows (e.g. logit_scale): live here, 1/k of its gradient per micro-batch
+            frozen = jax.lax.stop_gradient(x)
+            return frozen + (x - frozen) / accum_steps
+        if x.shape[0] != micro_size:
+            raise ValueError(f"accumulating a loss that couples the batch caches the outputs per row, but output "
+                             f"{jax.tree_util.keystr(path)} has shape {x.shape} (neither a scalar nor {micro_size} "
+                             "rows of a micro-batch); set grad_accum_steps=1")
+        return _whole_batch(jax.lax.dynamic_update_index_in_dim(c, x, index, 0))
+    return jax.tree_util.tree_map_with_path(one, cached, live)
 
 
 def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientTransformation, schedule: Callable, *,
@@ -75,16 +107,55 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
     teachers = dict(teachers or {})
     base_key = jax.random.key(seed)
 
+    def student(task: Task, params, batch, rng):
+        return task.forward.apply(model, params, batch, task=task.name, train=True, rng=rng)
+
+    def teacher(task: Task, batch, teacher_params):
+        if not task.teachers:
+            return {}
+        return teacher_outputs(teachers, task.teachers, teacher_params, batch, task=task.name)
+
     def task_loss(task: Task, params, batch, rng, teacher_params):
-        outputs = task.forward.apply(model, params, batch, task=task.name, train=True, rng=rng)
-        if task.teachers:
-            outputs = dict(outputs, **teacher_outputs(teachers, task.teachers, teacher_params, batch, task=task.name))
+        outputs = dict(student(task, params, batch, rng), **teacher(task, batch, teacher_params))
         return task.loss_fn(outputs, batch)
+
+    def cached_grads(task: Task, params, batch, rng, teacher_params):
+        """Accumulation for losses that couple the batch: open_clip's feature cache (module docstring)."""
+        micro = _micro_batches(batch, accum_steps)
+        steps = jnp.arange(accum_steps)
+        micro_size = batch_size(batch) // accum_steps
+
+        def cache(_, inputs):
+            index, mb = inputs
+            outputs = (student(task, params, mb, jax.random.fold_in(rng, index)), teacher(task, mb, teacher_params))
+            return None, jax.lax.stop_gradient(outputs)
+
+        _, (cached, cached_teachers) = jax.lax.scan(cache, None, (steps, micro))
+        teacher_out = jax.tree.map(lambda x: x[0] if x.ndim == 1 else _whole_batch(x), cached_teachers)
+
+        def loss(p, index, mb):
+            live = student(task, p, mb, jax.random.fold_in(rng, index))
+            outputs = dict(_splice(cached, live, index, accum_steps, micro_size), **teacher_out)
+            return task.loss_fn(outputs, batch)
+
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+
+        def body(carry, inputs):
+            (l, m), g = grad_fn(params, *inputs)
+            return jax.tree.map(jnp.add, carry, (g, l, m)), None
+
+        shapes = jax.eval_shape(grad_fn, params, steps[0], jax.tree.map(lambda x: x[0], micro))
+        zeros = jax.tree.map(jnp.zeros_like, (shapes[1], shapes[0][0], shapes[0][1]))
+        (grads, loss_sum, metrics), _ = jax.lax.scan(body, zeros, (steps, micro))
+        # Each pass takes the whole batch's loss (the same value): their gradients add up, the values average.
+        return grads, *jax.tree.map(lambda x: x / accum_steps, (loss_sum, metrics))
 
     def task_grads(task: Task, params, batch, rng, teacher_params):
         grad_fn = jax.value_and_grad(lambda p, b, r: task_loss(task, p, b, r, teacher_params), has_aux=True)
         if accum_steps == 1:
             (loss, metrics), grads = grad_fn(params, batch, rng)
+        elif getattr(task.loss_fn, "couples_batch", ()):
+            grads, loss, metrics = cached_grads(task, params, batch, rng, teacher_params)
         else:
             micro = _micro_batches(batch, accum_steps)
 
