@@ -105,7 +105,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
                 if "ema" in state:
                     state["ema"] = jax.tree.map(lambda p, e: p.astype(e.dtype), state["params"], state["ema"])
             start_step = int(jax.device_get(state["step"]))
-            evaluators = build_evaluators(config, make_predict_fns(model))
+            evaluators = build_evaluators(config, make_predict_fns(model, mesh))
             task_flops = {t.name: t.step_flops(config.model) for t in tasks}
             peak, peak_source = flops_lib.peak_flops_per_device(
                 config.peak_tflops * 1e12 if config.peak_tflops else None)
