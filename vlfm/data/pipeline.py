@@ -201,30 +201,40 @@ def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict:
 
 
 def eval_arrays(bundle: DatasetBundle, limit: int | None = None) -> dict[str, np.ndarray]:
-    """The first ``limit`` usable examples of a (held-out) split, in order, stacked into arrays.
+    """The first ``limit`` usable examples of a (held-out) split, in order, stacked into arrays (the whole
+    split in one host's memory: for tests and inspection; evaluators read ``eval_examples``).
 
     Random transforms run with a fixed seed, so evaluation inputs are the same every time.
     """
-    it = iter(bundle.example_stream(seed=0, num_epochs=1, shuffle=False))
-    try:
-        rows = list(itertools.islice(it, limit))
-    finally:
-        it.close()
+    rows = [example for _, example in eval_examples(bundle, limit, process_index=0, process_count=1)]
     if not rows:
         raise EmptyDatasetError(f"dataset {bundle.name} yields no usable example for evaluation")
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Fixed-size batches over arrays; the last one is padded by repeating rows (sliced off after)."""
-    n = len(next(iter(arrays.values())))
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size) % n
-        yield {k: v[idx] for k, v in arrays.items()}
+def eval_examples(bundle: DatasetBundle, limit: int | None = None, *, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """This host's share of the first ``limit`` usable examples of a held-out split, in order, as
+    ``(index, example)`` pairs: what an evaluator reads, so no host holds the whole split.
 
+    Host p of P reads the split's own host sharding (records p, p + P, ... of a random-access split; its
+    shards of a streamed one) and keeps ``limit // P`` (+1 for the first ``limit % P`` hosts) usable
+    examples; its j-th example has index ``p + P * j``, so results gathered in index order are those of
+    one host reading the first ``limit`` examples. Random transforms run with a fixed seed per host, so
+    evaluation inputs are the same every time.
+    """
+    if process_index is None or process_count is None:
+        import jax
 
-def predict_all(fn: Callable, params: Any, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """``fn(params, batch)`` over fixed-size ``batches`` of ``arrays`` (one compiled shape), as one
-    float32 array with the padding rows dropped: how evaluators run a model over a held-out split."""
-    n = len(next(iter(arrays.values())))
-    return np.concatenate([np.asarray(fn(params, b), np.float32) for b in batches(arrays, batch_size)])[:n]
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    share = None if limit is None else int(limit) // process_count + (process_index < int(limit) % process_count)
+    if share == 0:
+        return
+    it = iter(bundle.example_stream(seed=0, process_index=process_index, process_count=process_count,
+                                    num_epochs=1, shuffle=False))
+    try:
+        for j, example in enumerate(itertools.islice(it, share)):
+            yield process_index + process_count * j, example
+    finally:
+        it.close()

@@ -16,7 +16,10 @@ import jax
 import numpy as np
 
 from vlfm.core.checkpoint import load_params
-from vlfm.data.pipeline import build_dataset, eval_arrays, predict_all
+from vlfm.data.pipeline import build_dataset, eval_examples
+from vlfm.evaluators.classification import unigram_baseline
+from vlfm.evaluators.predict import (eval_batches, gather_rows, predict_all, predict_rows, predict_split,
+                                    process_sum)
 from vlfm.evaluators.registry import EVALUATORS
 from vlfm.evaluators.retrieval import recall_at_k
 from vlfm.models import build_model
@@ -31,16 +34,20 @@ class VqaEvaluator:
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256):
         self.predict = predict_fns["vqa_logits"]
-        arrays = eval_arrays(build_dataset(data, split), num_examples)
-        self.targets = arrays.pop("vqa_targets")
-        self.inputs = {k: v for k, v in arrays.items() if k in ("image", "text", "text_mask")}
-        self.batch_size = batch_size
+        self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        logits = predict_all(self.predict, params, self.inputs, self.batch_size)
-        rows = np.arange(len(logits))
-        yield "accuracy", float(self.targets[rows, np.argmax(logits, -1)].mean())
-        yield "prior_baseline", float(self.targets[:, np.argmax(self.targets.sum(0))].mean())
+        def score(p, b):
+            logits = self.predict(p, {k: b[k] for k in ("image", "text", "text_mask") if k in b})
+            return b["vqa_targets"][np.arange(len(logits)), np.argmax(logits, -1)]
+
+        # Each host sums the targets of its own rows: the prior answer needs only the per-answer totals.
+        index, rows = predict_rows({"score": score, "targets": lambda p, b: b["vqa_targets"]}, params,
+                                   eval_batches(eval_examples(self.bundle, self.num_examples), self.batch_size))
+        scores = gather_rows(index, rows["score"])
+        totals = process_sum(rows["targets"].sum(0, dtype=np.float64))
+        yield "accuracy", float(scores.mean())
+        yield "prior_baseline", float(totals.max() / len(scores))
 
 
 @EVALUATORS.register("vl_mlm_accuracy")
@@ -52,40 +59,50 @@ class VlMaskedTokenEvaluator:
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256):
         self.predict = predict_fns["mlm_logits"]
-        arrays = eval_arrays(build_dataset(data, split), num_examples)
-        if "mlm_targets" not in arrays:
+        self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
+        if "mlm_targets" not in self.bundle.example():
             raise ValueError("vl_mlm_accuracy needs data with mlm_text / mlm_targets (e.g. shapes_vl, mlm_prob > 0)")
-        self.targets = arrays["mlm_targets"]
-        # The MLM pass reads mlm_text; "text" is kept too since the model encodes it for its other heads.
-        self.inputs = {k: arrays[k] for k in ("image", "text", "text_mask", "mlm_text")}
-        self.batch_size = batch_size
-        _, counts = np.unique(self.targets[self.targets >= 0], return_counts=True)
-        self.unigram = float(counts.max() / counts.sum()) if len(counts) else 0.0
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        logits = predict_all(self.predict, params, self.inputs, self.batch_size)
-        valid = self.targets >= 0
-        yield "accuracy", float(np.mean(np.argmax(logits, -1)[valid] == self.targets[valid]))
-        yield "unigram_baseline", self.unigram
+        def predicted(p, b):
+            # The MLM pass reads mlm_text; "text" is kept too since the model encodes it for its other heads.
+            return np.argmax(self.predict(p, {k: b[k] for k in ("image", "text", "text_mask", "mlm_text")}), -1)
+
+        out = predict_split({"predicted": predicted, "targets": lambda p, b: b["mlm_targets"]}, params,
+                            eval_examples(self.bundle, self.num_examples), self.batch_size)
+        targets = out["targets"]
+        valid = targets >= 0
+        yield "accuracy", float(np.mean(out["predicted"][valid] == targets[valid]))
+        yield "unigram_baseline", unigram_baseline(targets)
 
 
 @EVALUATORS.register("itm_accuracy")
 class ItmEvaluator:
     """ITM accuracy on held-out pairs: each pair once with its own image (match) and once with the
     image of a row ``shift`` away (no match); a pair counts as right when ``itm_score`` is positive
-    for the match and negative for the mismatch. Also reports the match-vs-mismatch ranking accuracy."""
+    for the match and negative for the mismatch. Also reports the match-vs-mismatch ranking accuracy.
+
+    The mismatched images come from the host's own share of the split (on one host: the whole split)."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256, shift: int = 1):
         self.predict = predict_fns["itm_score"]
-        arrays = eval_arrays(build_dataset(data, split), num_examples)
-        self.pos = {k: arrays[k] for k in ("image", "text", "text_mask")}
-        self.neg = dict(self.pos, image=np.roll(arrays["image"], shift, axis=0))
-        self.batch_size = batch_size
+        self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
+        self.shift = shift
+
+    def _rows(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """The host's pairs, each with the image of the pair ``shift`` rows before it (wrapping around)."""
+        rows = list(eval_examples(self.bundle, self.num_examples))
+        for j, (i, row) in enumerate(rows):
+            pair = {k: row[k] for k in ("image", "text", "text_mask")}
+            yield i, dict(pair, other_image=rows[(j - self.shift) % len(rows)][1]["image"])
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        pos = predict_all(self.predict, params, self.pos, self.batch_size)
-        neg = predict_all(self.predict, params, self.neg, self.batch_size)
+        def scores(p, b):
+            pair = {k: b[k] for k in ("image", "text", "text_mask")}
+            return self.predict(p, pair), self.predict(p, dict(pair, image=b["other_image"]))
+
+        pos, neg = predict_split({"scores": scores}, params, self._rows(), self.batch_size)["scores"]
         yield "accuracy", float(0.5 * (np.mean(pos > 0) + np.mean(neg < 0)))
         yield "ranking_accuracy", float(np.mean(pos > neg))
 
@@ -137,9 +154,11 @@ class ItmRerankRetrievalEvaluator:
         else:
             self.encode_image, self.encode_text, self.dual_params = (predict_fns["encode_image"],
                                                                      predict_fns["encode_text"], None)
-        arrays = eval_arrays(build_dataset(data, split), num_examples)
-        self.images = arrays["image"]
-        self.texts = {k: arrays[k] for k in ("text", "text_mask")}
+        # Re-ranking scores any (image, caption) pair of the split, so every host holds all images and captions.
+        pairs = predict_split({"pair": lambda p, b: {k: b[k] for k in ("image", "text", "text_mask")}}, None,
+                              eval_examples(build_dataset(data, split), num_examples), batch_size)["pair"]
+        self.images = pairs["image"]
+        self.texts = {k: pairs[k] for k in ("text", "text_mask")}
         self.batch_size, self.k = batch_size, k
 
     def _weight(self, dual_params: Any) -> float:
@@ -158,8 +177,13 @@ class ItmRerankRetrievalEvaluator:
         top = order[:, :k]
         query = np.repeat(np.arange(len(sim)), k)
         image_idx, text_idx = (query, top.ravel()) if images_first else (top.ravel(), query)
-        pairs = {"image": self.images[image_idx], **{key: v[text_idx] for key, v in self.texts.items()}}
-        itm = predict_all(self.itm_score, params, pairs, self.batch_size).reshape(len(sim), k)
+
+        def itm_score(p, b):
+            return self.itm_score(p, {"image": self.images[b["image"]], **{key: v[b["text"]]
+                                                                        for key, v in self.texts.items()}})
+
+        itm = predict_all(itm_score, params, {"image": image_idx, "text": text_idx}, self.batch_size)
+        itm = itm.astype(np.float32).reshape(len(sim), k)
         if self.combine == "sum":
             itm = itm + weight * np.take_along_axis(sim, top, axis=1)
         top = np.take_along_axis(top, np.argsort(-itm, axis=1, kind="stable"), axis=1)
@@ -172,7 +196,7 @@ class ItmRerankRetrievalEvaluator:
         dual_params = params if self.dual_params is None else self.dual_params
         zi = predict_all(self.encode_image, dual_params, {"image": self.images}, self.batch_size)
         zt = predict_all(self.encode_text, dual_params, self.texts, self.batch_size)
-        sim = zi @ zt.T
+        sim = zi.astype(np.float32) @ zt.astype(np.float32).T
         weight = self._weight(dual_params) if self.combine == "sum" else 0.0
         for direction, s in (("i2t", sim), ("t2i", sim.T)):
             for name, value in recall_at_k(s).items():

@@ -7,14 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from vlfm.data.pipeline import build_dataset, eval_arrays, predict_all
+from vlfm.data.pipeline import build_dataset, eval_examples
+from vlfm.evaluators.predict import predict_all, predict_split
 from vlfm.evaluators.registry import EVALUATORS
 
 
 def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
-    """Recall@k as ``r{k}``: row i's correct column is i; R@k is the share of rows whose correct column ranks in the top k."""
-    correct = similarity[np.arange(len(similarity)), np.arange(len(similarity))]
-    rank = (similarity > correct[:, None]).sum(axis=1)
+    """Recall@k as ``r{k}``: row i's correct column is i; R@k is the share of rows whose correct column ranks
+    in the top k. Ties count against the model: the rank is the number of other columns scoring at least as
+    high as the correct one (a collapsed model with equal scores everywhere ranks last, not first)."""
+    n = len(similarity)
+    correct = similarity[np.arange(n), np.arange(n)]
+    rank = (similarity >= correct[:, None]).sum(axis=1) - 1
     return {f"r{k}": float(np.mean(rank < k)) for k in ks}
 
 
@@ -23,24 +27,21 @@ class RetrievalEvaluator:
     """Image->text and text->image recall over held-out pairs (one caption per image)."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
-                 num_examples: int | None = None, batch_size: int = 256, to_device: Callable | None = None):
+                 num_examples: int | None = None, batch_size: int = 256):
         self.encode_image = predict_fns["encode_image"]
         self.encode_text = predict_fns["encode_text"]
-        arrays = eval_arrays(build_dataset(data, split), num_examples)
-        self.images = {"image": arrays["image"]}
-        self.texts = {k: arrays[k] for k in ("text", "text_mask")}
-        self.batch_size = batch_size
-        self.chance = 1.0 / len(arrays["image"])
+        self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        zi = predict_all(self.encode_image, params, self.images, self.batch_size)
-        zt = predict_all(self.encode_text, params, self.texts, self.batch_size)
-        sim = zi @ zt.T
+        fns = {"zi": lambda p, b: self.encode_image(p, {"image": b["image"]}),
+               "zt": lambda p, b: self.encode_text(p, {"text": b["text"], "text_mask": b["text_mask"]})}
+        out = predict_split(fns, params, eval_examples(self.bundle, self.num_examples), self.batch_size)
+        sim = out["zi"].astype(np.float32) @ out["zt"].astype(np.float32).T
         for name, value in recall_at_k(sim).items():
             yield f"i2t_{name}", value
         for name, value in recall_at_k(sim.T).items():
             yield f"t2i_{name}", value
-        yield "chance_r1", self.chance
+        yield "chance_r1", 1.0 / len(sim)
 
 
 @EVALUATORS.register("zeroshot_classification")
@@ -51,11 +52,10 @@ class ZeroShotClassificationEvaluator:
                  num_examples: int | None = None, batch_size: int = 256):
         self.encode_image = predict_fns["encode_image"]
         self.encode_text = predict_fns["encode_text"]
-        bundle = build_dataset(dict(data, view="image_label"), split)
-        arrays = eval_arrays(bundle, num_examples)
-        self.images, self.labels = {"image": arrays["image"]}, arrays["label"]
-        tokenizer, max_len = bundle.info["tokenizer"], bundle.info["max_len"]
-        prompts = bundle.info["class_prompts"]
+        self.bundle = build_dataset(dict(data, view="image_label"), split)
+        self.num_examples = num_examples
+        tokenizer, max_len = self.bundle.info["tokenizer"], self.bundle.info["max_len"]
+        prompts = self.bundle.info["class_prompts"]
         self.num_classes, self.num_templates = len(prompts), len(prompts[0])
         flat = [p for per_class in prompts for p in per_class]
         tokens = tokenizer.encode_batch(flat, max_len)
@@ -64,11 +64,13 @@ class ZeroShotClassificationEvaluator:
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         zt = predict_all(self.encode_text, params, self.prompts, self.batch_size)
-        zt = zt.reshape(self.num_classes, self.num_templates, -1).mean(axis=1)
+        zt = zt.astype(np.float32).reshape(self.num_classes, self.num_templates, -1).mean(axis=1)
         zt /= np.linalg.norm(zt, axis=-1, keepdims=True)
-        zi = predict_all(self.encode_image, params, self.images, self.batch_size)
-        logits = zi @ zt.T
-        top5 = np.argsort(-logits, axis=1)[:, :5]
-        yield "accuracy", float(np.mean(top5[:, 0] == self.labels))
-        yield "top5_accuracy", float(np.mean((top5 == self.labels[:, None]).any(axis=1)))
+        out = predict_split({"zi": lambda p, b: self.encode_image(p, {"image": b["image"]}),
+                             "label": lambda p, b: b["label"]}, params,
+                            eval_examples(self.bundle, self.num_examples), self.batch_size)
+        logits = out["zi"].astype(np.float32) @ zt.T
+        top5, labels = np.argsort(-logits, axis=1)[:, :5], out["label"]
+        yield "accuracy", float(np.mean(top5[:, 0] == labels))
+        yield "top5_accuracy", float(np.mean((top5 == labels[:, None]).any(axis=1)))
         yield "chance", 1.0 / self.num_classes

@@ -112,7 +112,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
             elif any(config.init_from.get(k) for k in SOURCES):
                 state = start_from(config.init_from, state, tx, shardings)
             start_step = int(jax.device_get(state["step"]))
-            evaluators = build_evaluators(config, make_predict_fns(model))
+            evaluators = build_evaluators(config, make_predict_fns(model, mesh))
             peak, peak_source = flops_lib.peak_flops_per_device(
                 config.peak_tflops * 1e12 if config.peak_tflops else None)
             if peak is None:

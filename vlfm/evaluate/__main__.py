@@ -1,0 +1,84 @@
+"""``python -m vlfm.evaluate [--config configs/NAME.py[:arg]] [--config.a.b=value ...]
+(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR) [--evals name,...] [--json OUT]``.
+
+Without ``--config`` the run's saved config (``WORKDIR/config.json``) of ``--workdir`` is used.
+
+Prints the metrics as one JSON object (and writes it to ``--json``). Exit status 2 for a bad command
+line, config or weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+USAGE = ("usage: python -m vlfm.evaluate [--config configs/NAME.py[:arg]] [--config.a.b=value ...] "
+         "(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR) [--evals name,...] [--json OUT]\n"
+         "  without --config, --workdir's saved config (WORKDIR/config.json) is used")
+WEIGHT_FLAGS = ("--workdir", "--params", "--checkpoint", "--hf")
+VALUE_FLAGS = ("--config", "--evals", "--json") + WEIGHT_FLAGS
+
+
+def parse_args(argv: list[str]) -> dict:
+    args: dict = {"overrides": []}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if name not in VALUE_FLAGS and not name.startswith("--config."):
+            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"{name} needs a value\n{USAGE}")
+            value, i = argv[i + 1], i + 1
+        if name.startswith("--config."):
+            args["overrides"].append(f"{name[len('--config.'):]}={value}")
+        else:
+            if name in args:
+                raise SystemExit(f"{name} is given twice\n{USAGE}")
+            args[name] = value
+        i += 1
+    weights = [f for f in WEIGHT_FLAGS if f in args]
+    if len(weights) != 1:
+        raise SystemExit(f"give exactly one of {', '.join(WEIGHT_FLAGS)} (got {', '.join(weights) or 'none'})\n"
+                         f"{USAGE}")
+    args["weights"] = (weights[0][2:], args[weights[0]])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from vlfm.train import distributed
+
+    distributed.initialize()  # before any other JAX call; a no-op for single-process runs
+    import jax
+
+    from vlfm.evaluate import WeightsError, evaluate, obtain_config, weights_source
+    from vlfm.train.config import ConfigError
+
+    names = [n for n in args.get("--evals", "").split(",") if n]
+    try:
+        config = obtain_config(args.get("--config"), args["overrides"], workdir=args.get("--workdir"))
+        source = weights_source(*args["weights"])
+        metrics = evaluate(config, source, names)
+    except (ConfigError, FileNotFoundError, WeightsError) as e:  # anything else keeps its traceback
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    if jax.process_index() == 0:
+        print(text)
+        if "--json" in args:
+            with open(args["--json"], "w") as f:
+                f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
