@@ -73,6 +73,16 @@ def test_workdir_params_and_checkpoint_give_the_trainer_final_eval(run, capsys, 
     assert rc == 0 and _metrics(out) == final, err[-3000:]
 
 
+def test_a_workdir_alone_uses_its_saved_config(run, capsys):
+    """Without --config the run's own resolved config (WORKDIR/config.json, overrides included) is used."""
+    _, workdir, final = run
+    rc, out, err = _evaluate(capsys, "--workdir", str(workdir))
+    assert rc == 0 and _metrics(out) == final, err[-3000:]
+    rc, out, err = _evaluate(capsys, "--workdir", str(workdir), "--evals", "zeroshot",
+                             "--config.evals.zeroshot.num_examples=20")
+    assert rc == 0 and sorted(_metrics(out)) == sorted(k for k in final if k.startswith("eval/zeroshot/")), err
+
+
 def test_evals_picks_some_and_overrides_apply(run, capsys):
     config, workdir, final = run
     rc, out, err = _evaluate(capsys, "--config", config, "--params", str(workdir / "params"), "--evals", "zeroshot",
@@ -92,7 +102,7 @@ def test_clear_errors(run, capsys, tmp_path):
         (["--config", config + ":no_evals", "--params", params], "the config has no evals"),
         (["--config", config, "--params", str(tmp_path / "nowhere")], "--params: no directory"),
         (["--config", config, "--workdir", str(tmp_path)], "holds neither a committed checkpoint"),
-        (["--params", params], "--config is required"),
+        (["--params", params], "give --config, or --workdir of a run"),
     ]
     for args, message in cases:
         rc, out, err = _evaluate(capsys, *args)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from vlfm.core.checkpoint import load_params
+from vlfm.evaluate import evaluate, obtain_config, weights_source
 from vlfm.losses.registry import LOSSES
 from vlfm.models import layers
 from vlfm.models.registry import MODELS
@@ -108,3 +109,6 @@ def test_toy_family_trains_evaluates_exports_and_reports_mfu(tmp_path):
     assert "decoder" in params and "head" in params
     assert load_workdir_config(workdir).model.name == "toy_masked_patch_classifier"
     assert np.isfinite(np.asarray(params["head"]["kernel"])).all()
+    # Evaluation without training, from the export and the run's saved config, gives the trainer's figure.
+    again = evaluate(obtain_config(None, workdir=workdir), weights_source("params", os.path.join(workdir, "params")))
+    assert again["eval/classification/accuracy"] == accuracy

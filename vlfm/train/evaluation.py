@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vlfm.data import to_global
 from vlfm.evaluators import EVALUATORS
 from vlfm.core.sharding import BATCH_AXES, data_parallel_size
+from vlfm.train.schema import ConfigError
 
 TASK_DATA = "task:"  # an eval's ``data="task:NAME"`` reads the data config of task NAME
 
@@ -58,16 +59,16 @@ def eval_data(config: ml_collections.ConfigDict, name: str, data: Any) -> dict:
     tasks = dict(config.get("tasks") or {})
     if data is None:
         if tasks:
-            raise KeyError(f"eval {name!r} needs a 'data' config: this run has several tasks, so config.data is not "
+            raise ConfigError(f"eval {name!r} needs a 'data' config: this run has several tasks, so config.data is not "
                            f"its data; give data=dict(name=...) or data='{TASK_DATA}NAME' with NAME one of "
                            f"{', '.join(tasks)}")
         return dict(config.data)
     if isinstance(data, str):
         if not data.startswith(TASK_DATA):
-            raise ValueError(f"eval {name!r}: data {data!r} is neither a data config nor '{TASK_DATA}NAME'")
+            raise ConfigError(f"eval {name!r}: data {data!r} is neither a data config nor '{TASK_DATA}NAME'")
         task = data[len(TASK_DATA):]
         if task not in tasks:
-            raise KeyError(f"eval {name!r}: data {data!r} names no task; valid tasks: {', '.join(tasks) or 'none'}")
+            raise ConfigError(f"eval {name!r}: data {data!r} names no task; valid tasks: {', '.join(tasks) or 'none'}")
         return dict(tasks[task]["data"])
     return dict(data)
 
@@ -79,7 +80,7 @@ def build_evaluators(config: ml_collections.ConfigDict, predict_fns: Mapping[str
     available = list(config.evals.keys())
     unknown = [n for n in names or () if n not in available]
     if unknown:
-        raise KeyError(f"unknown evals {unknown}; the config's evals: {', '.join(available) or 'none'}")
+        raise ConfigError(f"unknown evals {unknown}; the config's evals: {', '.join(available) or 'none'}")
     evaluators = {}
     for name in names or available:
         cfg = dict(config.evals[name])
