@@ -188,6 +188,8 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
                  collection: str = "attention") -> tuple[Any, Any]:
     """Runs the segments inside ``module``'s compact ``__call__`` (their parameters are its children).
 
+    A scanned carry must keep its dtype: give it in the layers' compute dtype.
+
     Returns the final carry and, with ``collect_hidden``, every layer's carry stacked on a leading
     depth axis (else None). The extras of the ``attention_layers`` (global indices) are sown into
     ``collection`` under their names, stacked over those layers in order.
@@ -199,8 +201,6 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
     if any(not 0 <= i < total for i in chosen):
         raise ValueError(f"attention_layers {tuple(attention_layers)} outside the stack's {total} layers")
     rates = _layer_rates(drop_path_rate, total)
-    dtype = dict(segments[0].block).get("dtype", jnp.float32)
-    carry = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, carry)
     hidden, extras = [], []
     start = 0
     for seg in segments:
@@ -309,6 +309,7 @@ class Encoder(nn.Module):
                  modality_ids: Array | None = None, train: bool = False):
         broadcast = dict(kv_lengths=kv_lengths, key_mask=key_mask, mask=mask, context=context,
                          context_mask=context_mask, modality_ids=modality_ids)
+        x = x.astype(self.block.get("dtype", jnp.float32))  # the scan carry keeps one dtype throughout
         x, hidden = run_segments(self, (Segment(self.depth, dict(self.block)),), x, None, broadcast,
                                  drop_path_rate=self.drop_path_rate, scan=self.scan, remat=self.remat, train=train,
                                  collect_hidden=self.collect_hidden, attention_layers=self.attention_layers)
