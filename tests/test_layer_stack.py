@@ -164,6 +164,19 @@ def test_sown_attention_probabilities_are_softmax_qk_of_the_chosen_layers(scan):
     assert not nothing.get("attention")
 
 
+def test_a_tower_sows_the_attention_of_its_chosen_layers():
+    from vlfm.models import build_tower
+
+    tower = build_tower(dict(name="vit", image_size=16, patch_size=8, width=16, depth=2, num_heads=2, mlp_dim=32,
+                             attention_layers=(0,)))
+    images = jnp.zeros((1, 16, 16, 3))
+    params = tower.init(jax.random.key(0), images)["params"]
+    _, state = tower.apply({"params": params}, images, mutable=["attention"])
+    (probs,) = state["attention"]["encoder"]["probs"]
+    assert probs.shape[:3] == (1, 1, 2) and probs.shape[-1] == probs.shape[-2]
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------
 # KV-cache decoding
 
@@ -199,10 +212,11 @@ FUSION = dict(
     width=32, depth=2, num_heads=2, mlp_dim=64, dropout_rate=0.0, attn_dropout_rate=0.0)
 
 
-def _fuse(cfg, params, batch, train=False, rng=0):
+def _fuse(cfg, params, batch, train=False, mutable=False):
     model = build_model(cfg)
-    return model.apply({"params": params}, batch, rngs={"dropout": jax.random.key(rng)}, method=lambda m, b: m.fuse(
-        m.encode_text(b["text"], b["text_mask"], train), m.encode_image(b["image"], train), 1, train))
+    return model.apply({"params": params}, batch, rngs={"dropout": jax.random.key(0)}, mutable=mutable,
+                       method=lambda m, b: m.fuse(m.encode_text(b["text"], b["text_mask"], train),
+                                                  m.encode_image(b["image"], train), 1, train))
 
 
 def test_co_attention_scan_unrolled_and_remat_agree():
@@ -222,8 +236,13 @@ def test_co_attention_scan_unrolled_and_remat_agree():
                                                  **_stack_layers(fusion)}, sep="/")
     assert stacked["fusion_layers"]["encoder"]["layers"]["text_layer"]["mlp"]["fc1"]["kernel"].shape == (2, 32, 64)
     want = _fuse(cfg, params, batch)
-    for variant in (dict(scan=True), dict(scan=True, remat="full")):
-        got = _fuse(dict(cfg, **variant), stacked, batch)
+    for variant in (dict(scan=True), dict(scan=True, remat="full", attention_layers=(1,))):
+        got, state = _fuse(dict(cfg, **variant), stacked, batch, mutable=["attention"])
+        probs = state.get("attention", {}).get("fusion_layers", {}).get("encoder", {})
+        if variant.get("attention_layers"):
+            assert probs["text_probs"][0].shape == (1, 2, 2, 6, 6) and probs["image_probs"][0].shape == (1, 2, 2, 5, 5)
+        else:
+            assert not probs
         for key in ("text_tokens", "image_tokens", "pooled"):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{variant} {key}")
     # drop_path_rate reaches the fusion layers (training only; every dropout rate here is 0).

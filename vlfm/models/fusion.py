@@ -153,7 +153,9 @@ class CoAttentionFusion(FusionStack):
     images are never padded. The layers run on the shared stack (``scan``, ``remat``,
     ``drop_path_rate``; parameters ``encoder/layers/{text,image}_layer`` scanned,
     ``encoder/layer_{i}/...`` unrolled); the bridges keep their own parameters (``{text,image}_link_{i}``)
-    and reach the layers as per-layer inputs. Returns the text and image outputs of the last layer.
+    and reach the layers as per-layer inputs. The self-attention probabilities of
+    ``attention_layers`` are sown into the ``attention`` collection (``encoder/text_probs``,
+    ``encoder/image_probs``). Returns the text and image outputs of the last layer.
     """
 
     bridge: str = "none"
@@ -201,6 +203,7 @@ class MergedFusion(FusionStack):
     scan: bool = True
     remat: str = "none"
     drop_path_rate: float = 0.0
+    attention_layers: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, text: jax.Array, image: jax.Array, text_mask: jax.Array | None, *,
@@ -210,7 +213,8 @@ class MergedFusion(FusionStack):
         if text_mask is None:
             text_mask = jnp.ones(x.shape[:2], bool)
         mask = jnp.concatenate([text_mask.astype(bool), jnp.ones(y.shape[:2], bool)], axis=1)
-        out = layers.Encoder(self.depth, self.block(), self.drop_path_rate, self.scan, self.remat, name="encoder")(
+        out = layers.Encoder(self.depth, self.block(), self.drop_path_rate, self.scan, self.remat,
+                             attention_layers=tuple(self.attention_layers), name="encoder")(
             jnp.concatenate([x, y], axis=1), key_mask=mask, train=train)
         return out[:, :lt], out[:, lt:]
 
