@@ -35,8 +35,8 @@ def test_attention_dropout_path_equals_fused_path_without_dropout():
     q, k, v = _qkv()
     lengths = jnp.array([7, 3])
     fused = layers.dot_product_attention(q, k, v, kv_lengths=lengths, causal=True)
-    explicit = layers._einsum_attention(q, k, v, kv_lengths=lengths, mask=None, causal=True, dropout_rate=0.0,
-                                        dropout_rng=jax.random.key(0))
+    explicit, _ = layers._einsum_attention(q, k, v, layers.AttentionMask(lengths=lengths, causal=True),
+                                           dropout_rate=0.0, dropout_rng=jax.random.key(0))
     np.testing.assert_allclose(fused, explicit, rtol=1e-5, atol=1e-6)
 
 

@@ -165,7 +165,7 @@ def _bridgetower_config(c: Mapping[str, Any], shapes: Mapping[str, tuple[int, ..
                  num_heads=tc["num_attention_heads"], mlp_dim=tc["intermediate_size"], ln_eps=tc["layer_norm_eps"],
                  act=_act(tc["hidden_act"]), dropout_rate=tc["hidden_dropout_prob"],
                  attn_dropout_rate=tc["attention_probs_dropout_prob"], bridge=c["link_tower_type"],
-                 bridge_ln_eps=c["layer_norm_eps"], input_norm=True)
+                 bridge_ln_eps=c["layer_norm_eps"], input_norm=True, scan=scan)
     if "mlm_score.decoder.weight" in keys or "mlm_score.bias" in keys:
         model["mlm"] = True
     if "itm_score.fc.weight" in keys:
@@ -208,7 +208,7 @@ def _bridgetower_rows(model: Mapping[str, Any], prefix: str) -> list:
     for i in range(model["depth"]):
         for side in ("text", "image"):
             rows += _expand(BT_CROSS_LAYER, f"{prefix}cross_modal_{side}_layers.{i}.",
-                            f"fusion_layers/{side}_layer_{i}/")
+                            f"fusion_layers/encoder/layer_{i}/{side}_layer/")
             if i:
                 link = f"{prefix}cross_modal_{side}_link_tower.{i - 1}."
                 rows += _expand((("LayerNorm", "ln", "norm"), ("scaled_factor", "scale", "tensor"),
@@ -228,9 +228,7 @@ def _split_in_proj(tensors: dict[str, np.ndarray]) -> None:
 
 
 def _unscanned(model: Mapping[str, Any]) -> dict:
-    cfg = _plain(model)
-    if cfg["name"] == "vilt":
-        cfg["scan"] = False
+    cfg = dict(_plain(model), scan=False)
     for tower in ("text", "image"):
         if tower in cfg:
             cfg[tower] = dict(cfg[tower], scan=False)
@@ -280,7 +278,7 @@ def load_hf_fusion(path: str | os.PathLike, scan: bool = True) -> tuple[dict, di
                        f"checkpoint {path} does not match the {kind} layout")
     if "logit_scale" in flat:  # HF does not clamp the temperature; never clamp below the loaded value
         model["max_logit_scale"] = max(math.log(100.0), float(flat["logit_scale"]))
-    if scan:  # _stack_layers finds ".../encoder/layer_{i}/..."; ViLT's encoder sits at the top level
+    if scan:  # _stack_layers finds ".../encoder/layer_{i}/..." (towers and fusion layers); ViLT's encoder is top-level
         flat = {k[len("model/"):]: v for k, v in _stack_layers({f"model/{k}": v for k, v in flat.items()}).items()}
     return model, flax.traverse_util.unflatten_dict(flat, sep="/")
 

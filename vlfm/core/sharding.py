@@ -37,6 +37,20 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("channels", None),
     ("proj", None),
     ("types", None),
+    # Activations have their own names (maxtext's convention), so a rule can lay them out differently
+    # from the parameters: the embed dimension of activations is not split over fsdp (fsdp splits the
+    # batch of activations and the embed dimension of parameters).
+    ("activation_batch", BATCH_AXES),
+    ("activation_seq", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("cache_batch", BATCH_AXES),
+    ("cache_seq", None),
+    ("cache_heads", "tensor"),
+    ("cache_kv", None),
 )
 
 

@@ -25,30 +25,68 @@ Dtype = layers.Dtype
 BRIDGES = ("none", "add", "scaled_add", "interpolate")
 
 
+class _NormWeights(nn.Module):
+    """The scale and bias of a LayerNorm over ``width`` features, created but not applied."""
+
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, width: int) -> dict:
+        return {"scale": self.param("scale", layers.logical(nn.initializers.ones, ("embed",)), (width,),
+                                    self.param_dtype),
+                "bias": self.param("bias", layers.logical(nn.initializers.zeros, ("embed",)), (width,),
+                                   self.param_dtype)}
+
+
+def link(kind: str, weights: dict, x: jax.Array, h: jax.Array, eps: float, dtype: Dtype) -> jax.Array:
+    """The bridge formula on explicit weights (so that a scanned stack can take them per layer)."""
+    if kind == "add":
+        y = x + h
+    elif kind == "scaled_add":
+        y = x * weights["scale"].astype(x.dtype) + h
+    elif kind == "interpolate":
+        b = weights["beta"].astype(x.dtype)
+        y = x * (1 - b) + h * b
+    else:
+        raise ValueError(f"unknown bridge {kind!r}; valid: {', '.join(BRIDGES[1:])}")
+    y32 = y.astype(jnp.float32)
+    mean = y32.mean(-1, keepdims=True)
+    var = jnp.square(y32 - mean).mean(-1, keepdims=True)
+    out = (y32 - mean) * jax.lax.rsqrt(var + eps)
+    return (out * weights["ln"]["scale"].astype(jnp.float32) + weights["ln"]["bias"].astype(jnp.float32)).astype(dtype)
+
+
 class LinkTower(nn.Module):
     """Bridge layer: ``LN(x + h)`` (``add``), ``LN(s*x + h)`` (``scaled_add``, s init 1) or
     ``LN((1-b)*x + b*h)`` (``interpolate``, b init 0.5), with ``x`` the uni-modal input and ``h`` the
-    previous cross-modal layer's output (HF ``BridgeTowerLinkTower``)."""
+    previous cross-modal layer's output (HF ``BridgeTowerLinkTower``). ``weights`` gives the
+    parameters as a dict, for the co-attention stack that feeds them to its layers."""
 
     kind: str = "add"
     ln_eps: float = 1e-5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
-        if self.kind == "add":
-            y = x + h
-        elif self.kind == "scaled_add":
-            s = self.param("scale", layers.logical(nn.initializers.constant(1.0), ()), (), self.param_dtype)
-            y = x * s.astype(x.dtype) + h
-        elif self.kind == "interpolate":
-            b = self.param("beta", layers.logical(nn.initializers.constant(0.5), ()), (), self.param_dtype)
-            b = b.astype(x.dtype)
-            y = x * (1 - b) + h * b
-        else:
+    def setup(self):
+        if self.kind not in BRIDGES[1:]:
             raise ValueError(f"unknown bridge {self.kind!r}; valid: {', '.join(BRIDGES[1:])}")
-        return layers.layer_norm(self.ln_eps, self.dtype, self.param_dtype, name="ln")(y)
+        self.ln = _NormWeights(self.param_dtype)
+        if self.kind == "scaled_add":
+            self.scale = self.param("scale", layers.logical(nn.initializers.constant(1.0), ()), (),
+                                    self.param_dtype)
+        if self.kind == "interpolate":
+            self.beta = self.param("beta", layers.logical(nn.initializers.constant(0.5), ()), (), self.param_dtype)
+
+    def weights(self, width: int) -> dict:
+        w = {"ln": self.ln(width)}
+        if self.kind == "scaled_add":
+            w["scale"] = self.scale
+        if self.kind == "interpolate":
+            w["beta"] = self.beta
+        return w
+
+    def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
+        return link(self.kind, self.weights(x.shape[-1]), x, h, self.ln_eps, self.dtype)
 
 
 class FusionStack(nn.Module):
@@ -74,6 +112,37 @@ class FusionStack(nn.Module):
                     param_dtype=self.param_dtype, **extra)
 
 
+class CoAttentionLayer(nn.Module):
+    """One co-attention layer as a stack layer: carry ``(text, image)``, per-layer inputs (with a
+    bridge) ``{"text", "image"}`` uni-modal layers, ``{"text_link", "image_link"}`` bridge weights and
+    ``first`` (layer 0 takes no bridge), broadcast ``{"text_mask"}``."""
+
+    block: Any  # TransformerBlock fields of both sides
+    bridge: str = "none"
+    bridge_ln_eps: float = 1e-5
+    return_attention: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, carry, drop_path_rate, xs, broadcast):
+        x, y = carry
+        dtype = self.block.get("dtype", jnp.float32)
+        if self.bridge != "none":
+            bridged = lambda side, h: link(self.bridge, xs[f"{side}_link"], xs[side], h,  # noqa: E731
+                                           self.bridge_ln_eps, dtype)
+            x = jnp.where(xs["first"], x, bridged("text", x))
+            y = jnp.where(xs["first"], y, bridged("image", y))
+        block = dict(self.block, deterministic=self.deterministic, return_attention=self.return_attention)
+        text_mask = broadcast["text_mask"]
+        tx = layers.TransformerBlock(name="text_layer", **block)(x, drop_path_rate, key_mask=text_mask, context=y)
+        ty = layers.TransformerBlock(name="image_layer", **block)(y, drop_path_rate, context=x,
+                                                                   context_mask=text_mask)
+        if self.return_attention:
+            (tx, text_probs), (ty, image_probs) = tx, ty
+            return (tx, ty), {"text_probs": text_probs, "image_probs": image_probs}
+        return (tx, ty), {}
+
+
 class CoAttentionFusion(FusionStack):
     """``depth`` co-attention layers over text ``[B, Lt, D]`` and image ``[B, Li, D]`` tokens.
 
@@ -81,12 +150,21 @@ class CoAttentionFusion(FusionStack):
     gets ``bridge(inputs[:, l], output of layer l-1)``; without one, they are ``[B, 1, L, D]`` (METER
     uses only the last uni-modal layer). ``input_norm`` puts a LayerNorm on the first layer's inputs
     (BridgeTower's ``cross_modal_{text,image}_layernorm``). Text padding is ``text_mask [B, Lt]``;
-    images are never padded. Returns the text and image outputs of the last layer.
+    images are never padded. The layers run on the shared stack (``scan``, ``remat``,
+    ``drop_path_rate``; parameters ``encoder/layers/{text,image}_layer`` scanned,
+    ``encoder/layer_{i}/...`` unrolled); the bridges keep their own parameters (``{text,image}_link_{i}``)
+    and reach the layers as per-layer inputs. The self-attention probabilities of
+    ``attention_layers`` are sown into the ``attention`` collection (``encoder/text_probs``,
+    ``encoder/image_probs``). Returns the text and image outputs of the last layer.
     """
 
     bridge: str = "none"
     bridge_ln_eps: float = 1e-5
     input_norm: bool = False
+    drop_path_rate: float = 0.0
+    scan: bool = True
+    remat: str = "none"
+    attention_layers: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, text: jax.Array, image: jax.Array, text_mask: jax.Array | None, *,
@@ -97,20 +175,25 @@ class CoAttentionFusion(FusionStack):
         if text.shape[1] != need or image.shape[1] != need:
             raise ValueError(f"co-attention with bridge={self.bridge!r} takes {need} input layers per modality, "
                              f"got text {text.shape[1]} and image {image.shape[1]}")
-        block = self.block(cross_attention=True, deterministic=not train)
         norm = lambda name: layers.layer_norm(self.bridge_ln_eps, self.dtype, self.param_dtype, name=name)  # noqa: E731
         x, y = text[:, 0], image[:, 0]
         if self.input_norm:
             x, y = norm("text_ln")(x), norm("image_ln")(y)
-        for i in range(self.depth):
-            if i > 0 and self.bridge != "none":
-                x = LinkTower(self.bridge, self.bridge_ln_eps, self.dtype, self.param_dtype, name=f"text_link_{i}")(
-                    text[:, i], x)
-                y = LinkTower(self.bridge, self.bridge_ln_eps, self.dtype, self.param_dtype, name=f"image_link_{i}")(
-                    image[:, i], y)
-            x, y = (layers.TransformerBlock(name=f"text_layer_{i}", **block)(x, key_mask=text_mask, context=y),
-                    layers.TransformerBlock(name=f"image_layer_{i}", **block)(y, context=x, context_mask=text_mask))
-        return x, y
+        bridged = self.bridge != "none" and self.depth > 1
+        xs = None
+        if bridged:
+            xs = {"text": jnp.swapaxes(text, 0, 1), "image": jnp.swapaxes(image, 0, 1),
+                  "first": jnp.arange(self.depth) == 0}
+            for side, tokens in (("text", x), ("image", y)):
+                weights = [LinkTower(self.bridge, self.bridge_ln_eps, self.dtype, self.param_dtype,
+                                     name=f"{side}_link_{i}").weights(tokens.shape[-1]) for i in range(1, self.depth)]
+                weights = [weights[0]] + weights  # layer 0 takes no bridge: a placeholder it never uses
+                xs[f"{side}_link"] = jax.tree.map(lambda *w: jnp.stack(w), *weights)
+        layer = dict(block=self.block(cross_attention=True), bridge=self.bridge if bridged else "none",
+                     bridge_ln_eps=self.bridge_ln_eps)
+        stack = layers.Stack((layers.Segment(self.depth, layer, CoAttentionLayer),), self.drop_path_rate, self.scan,
+                             self.remat, attention_layers=tuple(self.attention_layers), name="encoder")
+        return stack((x, y), xs, {"text_mask": text_mask}, train=train)
 
 
 class MergedFusion(FusionStack):
@@ -119,6 +202,8 @@ class MergedFusion(FusionStack):
 
     scan: bool = True
     remat: str = "none"
+    drop_path_rate: float = 0.0
+    attention_layers: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, text: jax.Array, image: jax.Array, text_mask: jax.Array | None, *,
@@ -128,7 +213,8 @@ class MergedFusion(FusionStack):
         if text_mask is None:
             text_mask = jnp.ones(x.shape[:2], bool)
         mask = jnp.concatenate([text_mask.astype(bool), jnp.ones(y.shape[:2], bool)], axis=1)
-        out = layers.Encoder(self.depth, self.block(), scan=self.scan, remat=self.remat, name="encoder")(
+        out = layers.Encoder(self.depth, self.block(), self.drop_path_rate, self.scan, self.remat,
+                             attention_layers=tuple(self.attention_layers), name="encoder")(
             jnp.concatenate([x, y], axis=1), key_mask=mask, train=train)
         return out[:, :lt], out[:, lt:]
 

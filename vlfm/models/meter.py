@@ -41,7 +41,8 @@ FUSIONS = ("co_attention", "merged")
 
 class CoAttentionModel(FusionModel):
     """Shared by ``meter`` and ``bridgetower``; the tower fields (``width``, ``depth``, ``num_heads``,
-    ``mlp_dim``, ``ln_eps``, ``dropout_rate`` ...) describe the fusion layers."""
+    ``mlp_dim``, ``ln_eps``, ``dropout_rate``, ``scan``, ``remat``, ``drop_path_rate``,
+    ``attention_layers`` ...) describe the fusion layers."""
 
     image: Any = None
     text: Any = None
@@ -81,11 +82,13 @@ class CoAttentionModel(FusionModel):
         fusion = dict(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps,
                       act=self.act, dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
                       init_std=self.init_std, implementation=self.attention, dtype=dtype, param_dtype=pdtype)
+        stack = dict(scan=self.scan, remat=self.remat, drop_path_rate=self.drop_path_rate,
+                     attention_layers=tuple(self.attention_layers))
         if self.fusion == "co_attention":
             self.fusion_layers = CoAttentionFusion(bridge=self.bridge, bridge_ln_eps=self.bridge_ln_eps,
-                                                   input_norm=self.input_norm, **fusion)
+                                                   input_norm=self.input_norm, **stack, **fusion)
         else:
-            self.fusion_layers = MergedFusion(scan=self.scan, remat=self.remat, **fusion)
+            self.fusion_layers = MergedFusion(**stack, **fusion)
         self.text_pooler, self.image_pooler = proj(), proj()
         if self.contrastive_dim:
             head = lambda: layers.Proj((self.contrastive_dim,), ("embed", "proj"), init_std=self.init_std,  # noqa: E731

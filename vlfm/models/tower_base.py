@@ -28,6 +28,7 @@ class TransformerTower(nn.Module):
     remat: str = "none"
     attention: str = "xla"
     collect_hidden: bool = False
+    attention_layers: tuple[int, ...] = ()  # layers whose attention probabilities are sown (distillation)
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -43,7 +44,8 @@ def run_encoder(tower: TransformerTower, x: jax.Array, *, norm: str, causal: boo
     """Runs the tower's layer stack (named ``encoder``) from inside its compact ``__call__``.
 
     Padding is ``kv_lengths`` (right padding) or a boolean ``key_mask [B, T]``. Returns the last
-    layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``.
+    layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``. The self-attention
+    probabilities of ``attention_layers`` go to the ``attention`` collection (``encoder/probs``).
     """
     out = encoder_module(tower, norm=norm, causal=causal)(x, kv_lengths=kv_lengths, key_mask=key_mask, train=train)
     if tower.collect_hidden:
@@ -60,4 +62,4 @@ def encoder_module(tower: TransformerTower, *, norm: str, causal: bool = False, 
                  attn_dropout_rate=tower.attn_dropout_rate, causal=causal, implementation=tower.attention,
                  init_std=tower.init_std, dtype=dtype, param_dtype=pdtype)
     return layers.Encoder(tower.depth, block, tower.drop_path_rate, tower.scan, tower.remat, tower.collect_hidden,
-                          name=name)
+                          tuple(tower.attention_layers), name=name)

@@ -1,0 +1,178 @@
+"""Multi-head attention: the kernel choice (XLA / cuDNN / explicit einsum), the ``Attention`` module
+with an optional KV cache for decoding, and attention pooling (``MapHead``).
+
+Masks are ``vlfm.models.masks.AttentionMask`` objects (or the older forms: key lengths, a boolean
+``[B, 1|H, T, S]`` array, ``causal``). The einsum path runs when attention-probability dropout is on
+or the probabilities are asked for (attention distillation); it returns them in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from vlfm.models.feedforward import Mlp
+from vlfm.models.masks import AttentionMask, as_mask
+from vlfm.models.primitives import Array, Dtype, Proj, layer_norm, logical
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+QKV_AXES = ("activation_batch", "activation_seq", "activation_heads", "activation_kv")
+CACHE_AXES = ("cache_batch", "cache_seq", "cache_heads", "cache_kv")
+
+
+def _resolve_implementation(implementation: str, dtype: Dtype) -> str:
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; valid: {ATTENTION_IMPLEMENTATIONS}")
+    if implementation == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+    return implementation
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | None = None,
+                          mask: AttentionMask | Array | None = None, causal: bool = False,
+                          implementation: str = "xla", dropout_rate: float = 0.0, dropout_rng: Array | None = None,
+                          return_probs: bool = False) -> Array | tuple[Array, Array]:
+    """Multi-head attention on ``[batch, seq, heads, head_dim]`` inputs.
+
+    ``mask`` is an ``AttentionMask`` or a boolean ``[batch, heads|1, q_len, kv_len]`` array;
+    ``kv_lengths`` (right padding) and ``causal`` are added to it. ``cudnn`` runs when the mask is
+    only lengths + causal (``AttentionMask.fast_path``); it pads both sequences to a multiple of 16
+    (cuDNN's fused kernel rejects other lengths) and passes the real lengths, so the padding never
+    changes the result. Other masks run the XLA path with the dense mask. ``return_probs`` (and
+    attention dropout) use the einsum path and give ``(out, probs [B, H, T, S] float32)``.
+    """
+    impl = _resolve_implementation(implementation, q.dtype)
+    m = as_mask(mask, kv_lengths=kv_lengths, causal=causal)
+    if return_probs or (dropout_rate > 0.0 and dropout_rng is not None):
+        out, probs = _einsum_attention(q, k, v, m, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+        return (out, probs) if return_probs else out
+    b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    if impl == "cudnn" and m.fast_path:
+        pad_t, pad_s = -t % 16, -s % 16
+        q_len = jnp.full((b,), t, jnp.int32)
+        kv_len = jnp.full((b,), s, jnp.int32) if m.lengths is None else m.lengths.astype(jnp.int32)
+        q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+        k = jnp.pad(k, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=m.causal, query_seq_lengths=q_len,
+                                           key_value_seq_lengths=kv_len, implementation="cudnn")
+        return out[:, :t]
+    return jax.nn.dot_product_attention(q, k, v, mask=m.dense(t, s, b), implementation="xla")
+
+
+def _einsum_attention(q: Array, k: Array, v: Array, mask: AttentionMask, *, dropout_rate: float = 0.0,
+                      dropout_rng: Array | None = None) -> tuple[Array, Array]:
+    """Explicit softmax attention; returns the output and the (pre-dropout) probabilities."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+    allowed = mask.dense(q.shape[1], k.shape[1], q.shape[0])
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    weights = probs
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        weights = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v), probs
+
+
+class Attention(nn.Module):
+    """Multi-head attention with ``[embed, heads, head_dim]`` q/k/v kernels (self or cross).
+
+    ``decode`` keeps a KV cache (collection ``cache``: ``cached_key``/``cached_value``
+    ``[batch, max_len, heads, head_dim]`` with logical axes ``CACHE_AXES``, and ``cache_index``) for
+    causal self-attention: the call that initialises the cache fixes ``max_len`` from its input's
+    length; later calls (with ``mutable=["cache"]``) append their keys at ``cache_index`` and attend
+    causally to everything cached so far, so a prompt can be prefilled and then decoded token by token.
+    """
+
+    num_heads: int
+    head_dim: int | None = None
+    qkv_bias: bool = True
+    out_bias: bool = True
+    dropout_rate: float = 0.0
+    implementation: str = "xla"
+    init_std: float | None = None
+    decode: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, kv: Array | None = None, *, kv_lengths: Array | None = None,
+                 mask: AttentionMask | Array | None = None, causal: bool = False, deterministic: bool = True,
+                 return_probs: bool = False) -> Array | tuple[Array, Array]:
+        width = x.shape[-1]
+        head_dim = self.head_dim or width // self.num_heads
+        is_self = kv is None
+        kv = x if kv is None else kv
+        proj = functools.partial(Proj, (self.num_heads, head_dim), ("embed", "heads", "kv"), use_bias=self.qkv_bias,
+                                 init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        q = proj(name="query")(x)
+        k = proj(name="key")(kv)
+        v = proj(name="value")(kv)
+        q, k, v = (checkpoint_name(t, "qkv_proj") for t in (q, k, v))
+        q, k, v = (nn.with_logical_constraint(t, QKV_AXES) for t in (q, k, v))
+        m = as_mask(mask, kv_lengths=kv_lengths, causal=causal)
+        if self.decode:
+            if not is_self:
+                raise ValueError("the KV cache is for self-attention; cross-attention reads its context directly")
+            k, v, m = self._cached(k, v, m)
+        rng = None
+        if self.dropout_rate > 0.0 and not deterministic:
+            rng = self.make_rng("dropout")
+        out = dot_product_attention(q, k, v, mask=m, implementation=self.implementation,
+                                    dropout_rate=self.dropout_rate, dropout_rng=rng, return_probs=return_probs)
+        out, probs = out if return_probs else (out, None)
+        out = nn.with_logical_constraint(out, QKV_AXES)
+        y = Proj((width,), ("heads", "kv", "embed"), in_dims=2, use_bias=self.out_bias, init_std=self.init_std,
+                 dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return (y, probs) if return_probs else y
+
+    def _cached(self, k: Array, v: Array, mask: AttentionMask) -> tuple[Array, Array, AttentionMask]:
+        """Writes ``k, v`` into the cache at ``cache_index``; returns the whole cache and its causal mask."""
+        ready = self.has_variable("cache", "cached_key")
+        init = nn.with_logical_partitioning(jnp.zeros, CACHE_AXES)
+        cached_k = self.variable("cache", "cached_key", init, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", init, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not ready:  # initialising: the input's length is the cache's capacity
+            return k, v, mask.replace(causal=True)
+        i = index.value
+        zero = jnp.zeros((), jnp.int32)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                      (zero, i, zero, zero))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                      (zero, i, zero, zero))
+        index.value = i + k.shape[1]
+        keys = nn.with_logical_constraint(cached_k.value, CACHE_AXES)
+        values = nn.with_logical_constraint(cached_v.value, CACHE_AXES)
+        return keys, values, mask.replace(causal=True, offset=i)
+
+
+class MapHead(nn.Module):
+    """Multihead attention pooling: one learned query attends over the tokens, then an MLP."""
+
+    num_heads: int
+    mlp_dim: int
+    ln_eps: float = 1e-6
+    implementation: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        width = x.shape[-1]
+        probe = self.param("probe", logical(nn.initializers.xavier_uniform(), (None, "embed")), (1, width),
+                           self.param_dtype)
+        q = jnp.broadcast_to(probe.astype(self.dtype)[None], (x.shape[0], 1, width))
+        h = Attention(self.num_heads, implementation=self.implementation, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="attn")(q, x)
+        y = layer_norm(self.ln_eps, self.dtype, self.param_dtype, name="ln")(h)
+        h = h + Mlp(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")(y)
+        return h[:, 0]
