@@ -63,7 +63,7 @@ def bert_embeddings(module: nn.Module, ids: jax.Array, type_ids: jax.Array | Non
         x = x + jnp.take(types, type_ids, axis=0).astype(dtype)
     x = layers.layer_norm(module.ln_eps, dtype, pdtype, name="ln_embed")(x)
     x = nn.Dropout(module.dropout_rate)(x, deterministic=not train)
-    return nn.with_logical_constraint(x, ("batch", "seq", "embed")), embed
+    return nn.with_logical_constraint(x, layers.EMBED_AXES), embed
 
 
 @TOWERS.register("text_transformer")
@@ -89,7 +89,7 @@ class TextTransformer(TransformerTower):
         x = layers.TokenEmbed(self.vocab_size, self.width, dtype=dtype, param_dtype=pdtype, name="token_embed")(ids)
         pos = layers.PosEmbed(self.max_len, self.width, init_std=0.01, param_dtype=pdtype, name="pos_embed")()
         x = x + pos[: ids.shape[1]].astype(dtype)[None]
-        x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
+        x = nn.with_logical_constraint(x, layers.EMBED_AXES)
         # A causal model needs no key padding: padding sits after the pooled token.
         kv_lengths = None if (self.causal or mask is None) else mask.sum(-1).astype(jnp.int32)
         out, outputs = run_encoder(self, x, norm="pre", causal=self.causal, kv_lengths=kv_lengths, train=train)

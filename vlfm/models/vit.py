@@ -65,7 +65,7 @@ def patch_embeddings(module: nn.Module, images: jax.Array, *, train: bool) -> tu
     x = nn.Dropout(module.dropout_rate)(x, deterministic=not train)
     if module.pre_norm:
         x = layers.layer_norm(module.ln_eps, dtype, pdtype, name="ln_pre")(x)
-    return nn.with_logical_constraint(x, ("batch", "seq", "embed")), n_prefix
+    return nn.with_logical_constraint(x, layers.EMBED_AXES), n_prefix
 
 
 @TOWERS.register("vit")
