@@ -64,8 +64,15 @@ def check_step_tasks(tasks: Sequence[Task], accum_steps: int) -> None:
                     "of the batch); set grad_accum_steps=1 (shard the batch over more devices, or use remat instead)")
 
 
-def batch_size(batch: Mapping[str, Any]) -> int:
-    return jax.tree.leaves(batch)[0].shape[0]
+def _sum_over(fn: Callable, xs: Any) -> Any:
+    """The sum of ``fn(x)`` over the leading axis of ``xs``, as a scan (one micro-batch live at a time)."""
+    shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], xs))
+
+    def body(carry, x):
+        return jax.tree.map(jnp.add, carry, fn(x)), None
+
+    total, _ = jax.lax.scan(body, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), xs)
+    return total
 
 
 def _micro_batches(batch: dict, accum_steps: int) -> dict:
@@ -123,7 +130,7 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
         """Accumulation for losses that couple the batch: open_clip's feature cache (module docstring)."""
         micro = _micro_batches(batch, accum_steps)
         steps = jnp.arange(accum_steps)
-        micro_size = batch_size(batch) // accum_steps
+        micro_size = jax.tree.leaves(batch)[0].shape[0] // accum_steps
 
         def cache(_, inputs):
             index, mb = inputs
@@ -139,14 +146,7 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
             return task.loss_fn(outputs, batch)
 
         grad_fn = jax.value_and_grad(loss, has_aux=True)
-
-        def body(carry, inputs):
-            (l, m), g = grad_fn(params, *inputs)
-            return jax.tree.map(jnp.add, carry, (g, l, m)), None
-
-        shapes = jax.eval_shape(grad_fn, params, steps[0], jax.tree.map(lambda x: x[0], micro))
-        zeros = jax.tree.map(jnp.zeros_like, (shapes[1], shapes[0][0], shapes[0][1]))
-        (grads, loss_sum, metrics), _ = jax.lax.scan(body, zeros, (steps, micro))
+        (loss_sum, metrics), grads = _sum_over(lambda x: grad_fn(params, *x), (steps, micro))
         # Each pass takes the whole batch's loss (the same value): their gradients add up, the values average.
         return grads, *jax.tree.map(lambda x: x / accum_steps, (loss_sum, metrics))
 
@@ -158,16 +158,9 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
             grads, loss, metrics = cached_grads(task, params, batch, rng, teacher_params)
         else:
             micro = _micro_batches(batch, accum_steps)
-
-            def body(carry, inputs):
-                index, mb = inputs
-                (l, m), g = grad_fn(params, mb, jax.random.fold_in(rng, index))
-                return jax.tree.map(jnp.add, carry, (g, l, m)), None
-
-            shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
-            zeros = jax.tree.map(jnp.zeros_like, (shapes[1], shapes[0][0], shapes[0][1]))
-            (grads, loss, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
-            grads, loss, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, loss, metrics))
+            summed = _sum_over(lambda x: grad_fn(params, x[1], jax.random.fold_in(rng, x[0])),
+                               (jnp.arange(accum_steps), micro))
+            (loss, metrics), grads = jax.tree.map(lambda x: x / accum_steps, summed)
         if task.freeze:  # frozen parameters get no gradient, so optimizer moments stay put too
             grads = apply_stateless(freeze(task.freeze), grads)
         return loss, metrics, grads
