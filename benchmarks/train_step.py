@@ -53,7 +53,7 @@ from vlfm.models import build_model
 from vlfm.optim import build_optimizer
 from vlfm.optim.combine import build_combiner
 from vlfm.train.config import load_config
-from vlfm.train.state import init_batch, sharded_init, state_initializer
+from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import build_tasks
 
@@ -122,7 +122,8 @@ def main(argv: list[str]) -> dict:
     if profile and not args.workdir:
         parser.error("config.profile_steps needs --workdir")
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        init = state_initializer(model, tx, init_batch(example, 1), ema=config.ema_decay is not None)
+        init = state_initializer(model, tx, ema=config.ema_decay is not None,
+                                 tasks=[TaskInit(task.name, init_batch(example, 1), task.forward)])
         state, shardings, abstract = sharded_init(init, jax.random.key(0), mesh, rules)
         step_flops = task.step_flops(model, config.model, abstract["params"], config.flops)
         step_fn = make_train_step(model, [task], tx, schedule, seed=0, accum_steps=int(config.grad_accum_steps),

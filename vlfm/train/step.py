@@ -79,7 +79,7 @@ def _micro_batches(batch: dict, accum_steps: int) -> dict:
     """Micro-batch j takes rows j, j+k, j+2k, ...: every data shard holds a slice of each."""
     def split(x):
         x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
-        return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+        return nn.with_logical_constraint(x, (None, "activation_batch") + (None,) * (x.ndim - 2))
     return jax.tree.map(split, batch)
 
 
