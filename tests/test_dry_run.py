@@ -22,6 +22,7 @@ from vlfm.models.flops import flops_per_example
 from vlfm.train import aot
 from vlfm.train.config import load_config
 from vlfm.train.state import init_batch, sharded_init, state_initializer
+from vlfm.train.trainer import train
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import Task
 
@@ -118,3 +119,11 @@ def test_xla_flops_count_scanned_layers_once(scan):
         assert ratio < 0.5, ratio
     else:
         assert 0.9 < ratio < 1.6, ratio
+
+
+def test_dry_run_of_a_classifier_traces_its_labels(tmp_path):
+    """Labels are numpy scalars per example; the dry run's batch must carry them or the loss cannot trace."""
+    config = load_config("configs/vit_tiny.py", ["model.image.depth=1", "model.image.width=32",
+                                                 "model.image.mlp_dim=64", "data.num_examples=64"])
+    report = train(config, str(tmp_path), dry_run=True)
+    assert report["num_params"] > 0 and report["model_flops_per_step"] > 0

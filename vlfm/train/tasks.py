@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from vlfm.core.flops import TRAIN_FACTOR, traced_flops
-from vlfm.data.pipeline import DatasetBundle, build_dataset, numeric_only, train_iterator
+from vlfm.data.pipeline import DatasetBundle, build_dataset, train_iterator
 from vlfm.losses import combined_loss
 from vlfm.models.flops import flops_per_example as analytic_flops_per_example
 from vlfm.train.forward import Forward, parse_forward
@@ -57,9 +57,13 @@ class Task:
     forward: Forward = dataclasses.field(default_factory=Forward)
 
     def example(self) -> dict:
-        """One transformed example's numeric arrays (the shapes the step is traced with)."""
+        """One transformed example's numeric leaves as arrays, numpy scalars (labels) included as 0-d
+        arrays: the keys and shapes a batch of this task carries (init, dry run and FLOP count)."""
         example = self.bundle.example()  # first usable example (map and stream datasets alike)
-        return numeric_only(example) if isinstance(example, dict) else example
+        if not isinstance(example, dict):
+            return example
+        return {k: np.asarray(v) for k, v in example.items()
+                if isinstance(v, (np.ndarray, np.generic)) and np.asarray(v).dtype.kind in "biuf"}
 
     def step_flops(self, model: nn.Module, model_cfg: Mapping[str, Any], params: Any, method: str = "traced",
                    teachers: Mapping[str, Teacher] | None = None, teacher_params: Mapping[str, Any] | None = None
@@ -68,9 +72,7 @@ class Task:
         run and the benchmark report. ``method`` (``config.flops``): ``traced`` counts the matmuls of
         the traced forward pass and loss, x3 for training, plus its teachers' forward passes (x1);
         ``analytic`` uses the model family's formula (``vlfm.models.flops``). See ``vlfm.core.flops``."""
-        # Numeric leaves, numpy scalars (labels) included: the keys a batch of this task carries.
-        example = {k: np.asarray(v) for k, v in self.bundle.example().items()
-                   if isinstance(v, (np.ndarray, np.generic)) and np.asarray(v).dtype.kind in "biuf"}
+        example = self.example()
         if method == "analytic":
             per_example = analytic_flops_per_example(model_cfg, text_len=self.bundle.info.get("max_len"),
                                                      global_batch=self.batch_size, inputs=tuple(example))
