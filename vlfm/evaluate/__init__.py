@@ -25,7 +25,7 @@ from vlfm.core.checkpoint import COMMIT_MARKER
 from vlfm.core.sharding import data_parallel_size, make_mesh, rules_from_config
 from vlfm.core.tree import strip_boxes
 from vlfm.models import build_model
-from vlfm.train.config import ConfigError, apply_override, load_config, load_workdir_config, validate_config
+from vlfm.train.config import ConfigError, apply_overrides, load_config, load_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import init_params_from
 from vlfm.train.state import TaskInit, init_batch, state_initializer
@@ -49,15 +49,7 @@ def obtain_config(config_spec: str | None, overrides: Sequence[str] = (),
         return load_config(config_spec, overrides)
     if not workdir:
         raise ConfigError("give --config, or --workdir of a run (its saved config.json is used)")
-    config = load_workdir_config(workdir)
-    with config.unlocked():
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            apply_override(config, key, value)
-    validate_config(config)
-    return config
+    return apply_overrides(load_workdir_config(workdir), overrides)
 
 
 def _committed(path: str) -> bool:

@@ -27,7 +27,7 @@ import vlfm
 from vlfm.train.schema import MISSING, ConfigError, Key, Section, config_schema, is_section, unknown_key_error, validate
 
 __all__ = ["ConfigError", "apply_override", "base_config", "config_from_record", "config_record", "describe_config",
-           "load_config", "load_config_file", "load_workdir_config", "save_workdir_config", "validate_config"]
+           "apply_overrides", "load_config", "load_config_file", "load_workdir_config", "save_workdir_config", "validate_config"]
 
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: the resolved config of the run, with code version
 
@@ -189,7 +189,11 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """A config file plus ``a.b=value`` overrides, validated."""
-    config = load_config_file(spec)
+    return apply_overrides(load_config_file(spec), overrides)
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[str] = ()) -> ConfigDict:
+    """``a.b=value`` overrides applied to ``config`` (in place), then the whole config validated."""
     with config.unlocked():
         for item in overrides:
             key, sep, value = item.partition("=")
