@@ -26,8 +26,9 @@ from ml_collections import ConfigDict
 import vlfm
 from vlfm.train.schema import MISSING, ConfigError, Key, Section, config_schema, is_section, unknown_key_error, validate
 
-__all__ = ["ConfigError", "apply_override", "base_config", "config_from_record", "config_record", "describe_config",
-           "apply_overrides", "load_config", "load_config_file", "load_workdir_config", "save_workdir_config", "validate_config"]
+__all__ = ["ConfigError", "apply_override", "apply_overrides", "base_config", "config_from_record", "config_record",
+           "describe_config", "load_config", "load_config_file", "load_workdir_config", "save_workdir_config",
+           "validate_config"]
 
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: the resolved config of the run, with code version
 
