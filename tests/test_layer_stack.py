@@ -255,7 +255,7 @@ def test_co_attention_scan_unrolled_and_remat_agree():
 
 
 def test_an_activation_rule_changes_activations_and_not_parameters():
-    from vlfm.train.sharding import DEFAULT_RULES, make_mesh
+    from vlfm.core.sharding import DEFAULT_RULES, make_mesh
 
     mesh = make_mesh((2, 2, 2))
     enc = layers.Encoder(2, BLOCK)
