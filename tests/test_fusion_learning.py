@@ -1,7 +1,7 @@
 """The tiny fusion configs learn on the built-in data, through ``python -m vlfm.train`` in a fresh
 single-device process: ITM accuracy well above chance, masked-token accuracy above the unigram
 baseline, VQA accuracy above the answer prior. Runs are shortened versions of the configs (same model,
-data and losses; fewer steps), so each stays around two minutes on 2 CPU cores."""
+data and losses; fewer steps), so each stays within two to four minutes on 2 CPU cores."""
 
 import json
 import os
@@ -34,8 +34,10 @@ def _train(config, workdir, steps, *overrides):
 
 
 def test_vilt_tiny_learns_itm_and_mlm(tmp_path):
-    r = _train("configs/vilt_tiny.py", tmp_path, 400, "--config.optimizer.lr.warmup_steps=50",
-               "--config.evals.itm.every=400", "--config.evals.mlm.every=400")
+    # ITM takes off abruptly between steps 200 and 600 depending on the draws (benchmarks/RESULTS.md):
+    # 800 steps clear the bar on every seed tried (0.89 and 0.85 on seeds 0 and 1).
+    r = _train("configs/vilt_tiny.py", tmp_path, 800, "--config.optimizer.lr.warmup_steps=50",
+               "--config.evals.itm.every=800", "--config.evals.mlm.every=800")
     assert r["eval/itm/accuracy"] > 0.7, r  # chance 0.5
     assert r["eval/mlm/accuracy"] > 3 * r["eval/mlm/unigram_baseline"], r
 
