@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -90,6 +91,9 @@ class Attention(nn.Module):
     causal self-attention: the call that initialises the cache fixes ``max_len`` from its input's
     length; later calls (with ``mutable=["cache"]``) append their keys at ``cache_index`` and attend
     causally to everything cached so far, so a prompt can be prefilled and then decoded token by token.
+    As cross-attention (``kv`` given), ``decode`` projects the context's keys/values once, at the call
+    that initialises the cache, and every later call reuses them (its ``kv`` is then not read): that
+    first call must see the context the decoding attends to.
     """
 
     num_heads: int
@@ -113,15 +117,16 @@ class Attention(nn.Module):
         kv = x if kv is None else kv
         proj = functools.partial(Proj, (self.num_heads, head_dim), ("embed", "heads", "kv"), use_bias=self.qkv_bias,
                                  init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
-        q = proj(name="query")(x)
-        k = proj(name="key")(kv)
-        v = proj(name="value")(kv)
-        q, k, v = (checkpoint_name(t, "qkv_proj") for t in (q, k, v))
-        q, k, v = (nn.with_logical_constraint(t, QKV_AXES) for t in (q, k, v))
+        q = nn.with_logical_constraint(checkpoint_name(proj(name="query")(x), "qkv_proj"), QKV_AXES)
         m = as_mask(mask, kv_lengths=kv_lengths, causal=causal)
-        if self.decode:
-            if not is_self:
-                raise ValueError("the KV cache is for self-attention; cross-attention reads its context directly")
+        if self.decode and not is_self:
+            k, v = self._cached_context(lambda: proj(name="key")(kv), lambda: proj(name="value")(kv))
+        else:
+            k = proj(name="key")(kv)
+            v = proj(name="value")(kv)
+            k, v = (checkpoint_name(t, "qkv_proj") for t in (k, v))
+            k, v = (nn.with_logical_constraint(t, QKV_AXES) for t in (k, v))
+        if self.decode and is_self:
             k, v, m = self._cached(k, v, m)
         rng = None
         if self.dropout_rate > 0.0 and not deterministic:
@@ -133,6 +138,17 @@ class Attention(nn.Module):
         y = Proj((width,), ("heads", "kv", "embed"), in_dims=2, use_bias=self.out_bias, init_std=self.init_std,
                  dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
         return (y, probs) if return_probs else y
+
+    def _cached_context(self, key: Callable[[], Array], value: Callable[[], Array]) -> tuple[Array, Array]:
+        """Cross-attention keys/values: projected from the context by the call that initialises the cache
+        and stored there (``cached_context_key``/``cached_context_value``); later calls reuse them, so a
+        decoding step does not re-project the whole context."""
+        init = nn.with_logical_partitioning(lambda project: project(), CACHE_AXES)
+        cached_k = self.variable("cache", "cached_context_key", init, key)
+        cached_v = self.variable("cache", "cached_context_value", init, value)
+        keys = nn.with_logical_constraint(cached_k.value, CACHE_AXES)
+        values = nn.with_logical_constraint(cached_v.value, CACHE_AXES)
+        return keys, values
 
     def _cached(self, k: Array, v: Array, mask: AttentionMask) -> tuple[Array, Array, AttentionMask]:
         """Writes ``k, v`` into the cache at ``cache_index``; returns the whole cache and its causal mask."""

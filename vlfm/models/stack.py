@@ -47,7 +47,8 @@ class TransformerBlock(nn.Module):
     ``kv_lengths`` (right padding), a boolean ``key_mask [B, T]`` or an ``AttentionMask`` (``mask``;
     the block's ``causal`` is added to it); padding of ``context`` is ``context_mask [B, S]``.
     ``experts`` replaces the MLP by ``ModalityExperts`` (parameters ``experts/{name}``) routed by
-    ``modality_ids``. ``decode`` gives the self-attention a KV cache (``Attention``).
+    ``modality_ids``. ``decode`` gives the self-attention a KV cache and makes the cross-attention project
+``context`` once, at the call that initialises the cache (``Attention``).
     ``return_attention`` also returns the self-attention probabilities ``[B, H, T, T]``.
     """
 
@@ -122,7 +123,7 @@ class TransformerBlock(nn.Module):
 
         def cross(q):
             cmask = None if context_mask is None else AttentionMask(key_mask=context_mask)
-            return attention(name="cross_attn")(q, context, mask=cmask, deterministic=det)
+            return attention(decode=self.decode, name="cross_attn")(q, context, mask=cmask, deterministic=det)
 
         def branch(h):  # dropout and stochastic depth of a residual branch
             return drop_path(self, dropout(h, deterministic=det), drop_path_rate, det)
