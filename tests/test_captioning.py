@@ -33,3 +33,13 @@ def test_parity_with_pycocoevalcap():
     got, each = cm.cider_d(REFS, HYPS)
     assert got == pytest.approx(want_cider, abs=1e-9)
     assert list(each) == pytest.approx(list(want_each), abs=1e-9)
+
+
+def test_reference_captions_first_is_the_example_caption():
+    from vlfm.data import shapes
+
+    data = shapes.generate("train", num_examples=4, image_size=16)
+    for k in range(4):
+        refs = shapes.reference_captions("train", k, 5)
+        assert len(refs) == 5 and refs[0] == data["caption"][k]
+        assert refs == shapes.reference_captions("train", k, 5)
