@@ -406,3 +406,13 @@ def load(
         raise
     return data
 
+
+
+def reference_captions(split: str, index: int, num: int, max_objects: int = 2) -> list[str]:
+    """`num` independent wordings of example `index` of a split, the first its usual caption.
+
+    For captioning metrics and multi-caption retrieval; wordings 1.. come from their own generator
+    (seeded by seed, index and the wording number), so existing examples are unchanged."""
+    seed = SPLITS[split]
+    _, caption, objects = _example(seed, index, 1, max_objects)  # captions do not depend on image_size
+    return [caption] + [_caption(np.random.default_rng([seed, index, j]), objects) for j in range(1, num)]
