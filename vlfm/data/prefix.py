@@ -25,3 +25,21 @@ def split_prefix(rng: jax.Array, tokens: jax.Array, pad_id: int = 0) -> tuple[ja
     shifted = jnp.take_along_axis(tokens, src, axis=1)
     suffix = jnp.where(pos < (length - cut)[:, None], shifted, pad_id)
     return prefix, suffix
+
+
+def split_image_rows(codes: jax.Array, keep_rows: int, *, offset: int, bos_id: int
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Prefix image modelling split of tokenizer codes [B, h, w] after the top ``keep_rows`` rows.
+
+    Returns (visible [B, h*w] bool: the encoder's patch mask, top rows True; decoder_input
+    [B, n] = IMG_BOS then the hidden codes shifted right; targets [B, n] = the hidden codes,
+    so decoder_input[:, 1:] == targets[:, :-1]), with n = (h-keep_rows)*w and
+    codes offset by ``offset`` (the text vocabulary size) into the shared vocabulary.
+    """
+    b, h, w = codes.shape
+    visible = jnp.broadcast_to((jnp.arange(h) < keep_rows)[:, None], (h, w)).reshape(1, h * w)
+    visible = jnp.broadcast_to(visible, (b, h * w))
+    hidden = codes[:, keep_rows:].reshape(b, -1) + offset
+    bos = jnp.full((b, 1), bos_id, hidden.dtype)
+    decoder_input = jnp.concatenate([bos, hidden], 1)[:, :-1]
+    return visible, decoder_input, hidden
