@@ -407,3 +407,23 @@ def test_sigterm_saves_and_stops(setup8, tmp_path):
     finally:
         c.close()
     assert int(restored["step"]) == steps[0] and meta == {"reason": "loop", "step": steps[0]}
+
+
+def test_close_waits_for_the_startup_cleanup_thread(tmp_path, monkeypatch):
+    """orbax removes leftover temporary directories in a background thread started by the manager; a
+    run that fails early closed the checkpointer while that thread still ran, and its next file-system
+    call then failed at interpreter shutdown ("cannot schedule new futures ..."), masking the run's error."""
+    import asyncio
+
+    from orbax.checkpoint._src.path import temporary_paths
+
+    done = []
+
+    async def slow_cleanup(*args, **kwargs):
+        await asyncio.sleep(0.5)
+        done.append(True)
+
+    monkeypatch.setattr(temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+    c = ckpt.Checkpointer(tmp_path / "ckpt", handle_sigterm=False)
+    c.close()
+    assert done == [True]

@@ -122,3 +122,14 @@ def _flat(tree):
     from flax import traverse_util
 
     return traverse_util.flatten_dict(tree, sep="/")
+
+
+def test_cli_missing_source_fails_with_its_own_error(tmp_path):
+    """The run's FileNotFoundError is the last thing it prints (it was masked in about half of the runs
+    by a background thread failing at interpreter shutdown)."""
+    out = run_trainer(["--config", "configs/clip_tiny.py", *SMALL_CLIP, "--workdir", str(tmp_path / "w"),
+                       f"--config.init_from.params={tmp_path / 'nonexistent'}"])
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("FileNotFoundError: init_from.params: no directory"), out.stderr[-3000:]
+    assert "cannot schedule new futures" not in out.stdout + out.stderr

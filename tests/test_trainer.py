@@ -101,10 +101,14 @@ def _leaves(tree):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    # A learning rate that explodes after the first steps drives the parameters to Inf, the loss to NaN.
-    args = _small_args(tmp_path, steps=40) + ["--config.checkpoint_every=2", "--config.optimizer.lr.peak=1e30",
-                                             "--config.optimizer.lr.warmup_steps=1000000000",
-                                             "--config.optimizer.clip_norm=0", "--config.optimizer.name=sgd"]
+    """SGD without clipping: the learning rate jumps from 0 to near float32's maximum at step 2, so that
+    step's update overflows some parameters to Inf while its loss and gradient (taken before the update)
+    are finite. The step must count as non-finite: the checkpoint of step 2 held 123 Inf parameters when
+    only the loss and gradient norm were checked."""
+    args = _small_args(tmp_path, steps=6) + ["--config.checkpoint_every=1", "--config.optimizer.name=sgd",
+                                            "--config.optimizer.clip_norm=0", "--config.optimizer.weight_decay=0",
+                                            "--config.optimizer.lr.name=constant", "--config.optimizer.lr.peak=3e38",
+                                            "--config.optimizer.lr.warmup_steps=1"]
     out = run_trainer(args)
     assert out.returncode == 3, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout + out.stderr
@@ -115,3 +119,5 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     from vlfm.core.checkpoint import load_params_from_checkpoint
     params = load_params_from_checkpoint(str(tmp_path / "checkpoints"), step=last_good)
     assert all(np.isfinite(x).all() for x in _leaves(params))
+    saved = [int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()]
+    assert max(saved) == last_good, saved  # nothing of the bad step (or later) was written

@@ -254,8 +254,22 @@ class Checkpointer:
         state = {key: _unwrap(value, restored[key]) for key, value in abstract_state.items()}
         return state, dict(restored[META_ITEM])
 
+    def _wait_for_cleanup(self) -> None:
+        """Waits for orbax's start-up removal of temporary directories (a background thread).
+
+        ``CheckpointManager.close`` does not wait for it; a run that fails early (a missing
+        ``init_from`` source) would exit with that thread still running, and its next file-system
+        call then fails at interpreter shutdown ("cannot schedule new futures after interpreter
+        shutdown"), burying the run's real error under a second traceback.
+        """
+        pending = getattr(self._mngr, "_cleanup_tmp_directory_future", None)
+        if pending is not None:
+            pending.result()
+            self._mngr._cleanup_tmp_directory_future = None
+
     def close(self) -> None:
-        """Waits for pending saves and gives SIGTERM back to the previous handler."""
+        """Waits for pending saves and background clean-up; gives SIGTERM back to the previous handler."""
+        self._wait_for_cleanup()
         self._mngr.close()
         if self._handler_installed:
             signal.signal(signal.SIGTERM, self._previous_handler)

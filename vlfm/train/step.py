@@ -103,11 +103,18 @@ def _splice(cached: Any, live: Any, index: jax.Array, accum_steps: int, micro_si
     return jax.tree_util.tree_map_with_path(one, cached, live)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point value of ``tree`` is finite: one fused reduction inside the step."""
+    flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.stack(flags).all() if flags else jnp.array(True)
+
+
 def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientTransformation, schedule: Callable, *,
                     seed: int, accum_steps: int = 1, ema_decay: float | None = None,
                     teachers: Mapping[str, Teacher] | None = None, prefix_metrics: bool = True) -> Callable:
-    """A step over ``tasks`` (run together). A step whose loss or gradient is not finite leaves the
-    state unchanged and reports ``finite = False``, so no bad update ever reaches a checkpoint."""
+    """A step over ``tasks`` (run together). A step whose loss, gradient or updated state (parameters,
+    optimizer state, EMA) is not finite leaves the state unchanged and reports ``finite = False``, so no
+    bad update ever reaches a checkpoint."""
     check_step_tasks(tasks, accum_steps)
     for task in tasks:
         task.forward.check(model)
@@ -189,7 +196,9 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
         if ema_decay is not None:
             new_state["ema_params"] = ema_update(state["ema_params"], params, ema_decay)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        # The updated state too: an update can overflow (SGD, no clipping, a huge learning rate) while the loss
+        # and gradient it came from are finite, and a checkpoint must never hold Inf/NaN.
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & all_finite(new_state)
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         metrics.update(loss=total, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
                        learning_rate=schedule(state["step"]) * lr_multiplier, finite=finite)

@@ -43,7 +43,7 @@ log = logging.getLogger("vlfm")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/Inf; the run stopped and the last good checkpoint was kept."""
+    """The loss, gradient or updated state became NaN/Inf; the run stopped and the last good checkpoint was kept."""
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict[str, float]:
@@ -274,9 +274,10 @@ def _check_finite(step: int, finite: jax.Array, checkpointer: Checkpointer) -> N
     if not bool(jax.device_get(finite)):
         checkpointer.wait()
         last = checkpointer.latest_step()
+        kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint was written yet"
         raise NonFiniteLossError(
-            f"loss or gradient is NaN/Inf at step {step}; the run stopped. The state was not updated by that "
-            f"step; the last good checkpoint is step {last}.")
+            f"loss, gradient or updated state (parameters, optimizer state) is NaN/Inf at step {step}; the run "
+            f"stopped. The state was not updated by that step; {kept}.")
 
 
 def _log_line(step: int, total: int, m: Mapping[str, Any]) -> None:
