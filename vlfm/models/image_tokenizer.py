@@ -16,6 +16,7 @@ Two sources of weights:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -100,3 +101,51 @@ def fit_kmeans(images: np.ndarray, codebook_size: int, patch_size: int, *, iters
             if m.any():
                 cb[k] = x[m].mean(0)
     return ImageTokenizer(jnp.asarray(cb), patch_size, None, normalise)
+
+
+def builtin_kmeans(codebook_size: int, patch_size: int, image_size: int, *, num_images: int = 2000,
+                   normalise: bool = False, iters: int = 20, seed: int = 0,
+                   cache_dir: str | None = None) -> ImageTokenizer:
+    """A k-means tokenizer fitted on the first ``num_images`` built-in training images (one object each,
+    scaled to [-1, 1] as the data pipeline scales them). Fitted once and cached as an ``.npz`` next to the
+    built-in data (``VLFM_CACHE_DIR``, else ``~/.cache/vlfm``), named by every parameter of the fit."""
+    import os
+    import tempfile
+
+    from vlfm.data import shapes
+    from vlfm.data.builtin import IMAGE_MEAN, IMAGE_STD
+
+    root = os.path.dirname(shapes.cache_path("train", num_images, image_size, 1, cache_dir))
+    name = (f"kmeans_{shapes.DATASET_VERSION}_n{num_images}_s{image_size}_p{patch_size}_k{codebook_size}"
+            f"_norm{int(normalise)}_it{iters}_seed{seed}.npz")
+    path = os.path.join(root, name)
+    if os.path.exists(path):
+        return ImageTokenizer.load(path)
+    images = shapes.load("train", num_images, image_size, 1, cache_dir=cache_dir)["image"]
+    images = (images.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+    tok = fit_kmeans(images, codebook_size, patch_size, iters=iters, seed=seed, normalise=normalise)
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=name + ".", suffix=".npz")
+    os.close(fd)
+    try:
+        tok.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return tok
+
+
+@functools.lru_cache(maxsize=8)
+def resolve_tokenizer(source: str, *, codebook_size: int, patch_size: int, image_size: int,
+                      fit_images: int = 2000, normalise: bool = False) -> ImageTokenizer:
+    """A model's frozen tokenizer from its config: ``"kmeans"`` (``builtin_kmeans``) or an ``.npz`` path
+    (``ImageTokenizer.load``). Cached per process, so every trace of the model reuses one codebook; built
+    eagerly even when first asked for inside a trace (a model's init under ``jax.eval_shape``)."""
+    with jax.ensure_compile_time_eval():
+        if source == "kmeans":
+            return builtin_kmeans(codebook_size, patch_size, image_size, num_images=fit_images, normalise=normalise)
+        if source.endswith(".npz"):
+            return ImageTokenizer.load(source)
+    raise ValueError(f"unknown image tokenizer {source!r}; valid: 'kmeans' (fitted on the built-in data) or the "
+                     "path of an .npz codebook")
