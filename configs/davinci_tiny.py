@@ -16,6 +16,12 @@ codes given the top half and the caption, against the image-code unigram baselin
 
 Command:
     python -m vlfm.train --config configs/davinci_tiny.py --workdir workdirs/davinci_tiny
+
+Measured (2026-12-06, 2-core CPU shared with other jobs, load about 12): 600 steps in 18 minutes wall
+(1.2-1.7 s/step, 4 min 53 s of user CPU time), 258,938 parameters. On 200 held-out validation images at
+step 600: greedy captions CIDEr-D 0.753 (most-frequent-reference baseline 0.277), BLEU-4 0.271;
+prefix image modelling token accuracy 0.746 (image-code unigram baseline 0.054; top 4 of 8 code rows
+visible). At step 300: CIDEr-D 0.433, token accuracy 0.731.
 """
 
 import ml_collections
@@ -30,7 +36,7 @@ TEXT = dict(name="shapes", num_examples=20_000, max_objects=1, view="text", max_
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     c = base_config()
-    c.total_steps = 1000
+    c.total_steps = 600
     c.model = ml_collections.ConfigDict(dict(
         name="davinci", image_size=32, patch_size=4, text_vocab_size=57, image_vocab_size=64, width=64,
         encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256, max_text_len=24, max_decode_len=64,
@@ -47,10 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=50)
     c.optimizer.weight_decay = 0.01
     c.evals = ml_collections.ConfigDict(dict(
-        caption=dict(type="captioning", data=PAIRS, every=500, num_examples=200, batch_size=100),
-        pim=dict(type="token_accuracy", data=PAIRS, predict="image_tokens", every=500, num_examples=200,
+        caption=dict(type="captioning", data=PAIRS, every=300, num_examples=200, batch_size=100),
+        pim=dict(type="token_accuracy", data=PAIRS, predict="image_tokens", every=300, num_examples=200,
                  batch_size=100),
     ))
     c.log_every = 50
-    c.checkpoint_every = 500
+    c.checkpoint_every = 600
     return c
