@@ -117,13 +117,15 @@ def test_generation_cached_equals_uncached_with_prefixes_and_prompts(tiny):
     assert not np.allclose(with_prefix[[0, 2]], alone[[0, 2]], atol=1e-3)
 
 
-def test_text_only_prefix_lm_needs_no_image(tiny):
+def test_text_only_prefix_lm_needs_no_image_and_truncates_long_captions(tiny):
     model, params, batch, _ = tiny
-    out = _jitted(model)({"params": params}, {"text": batch["text"]}, method="prefix_lm",
-                         rngs={"sampling": jax.random.key(3)})
+    long = jnp.asarray([[BOS] + [5 + i % 10 for i in range(27)] + [EOS]], jnp.int32)  # 29 > 12 and > 17
+    text = jnp.concatenate([jnp.pad(batch["text"], ((0, 0), (0, 21))), long])
+    out = _jitted(model)({"params": params}, {"text": text}, method="prefix_lm", rngs={"sampling": jax.random.key(3)})
     labels = np.asarray(out["caption_labels"])
-    # Every suffix ends in EOS and keeps at least one token; the prefix (BOS ...) is never a label.
-    assert all(EOS in row for row in labels) and not np.any(labels == BOS)
+    assert labels.shape == (4, 17) and np.all(np.isfinite(np.asarray(out["caption_logits"])))
+    # Each short suffix ends in EOS and keeps at least one token; the prefix (BOS ...) is never a label.
+    assert all(EOS in row for row in labels[:3]) and not np.any(labels == BOS)
     text_params = jax.eval_shape(lambda: model.init(jax.random.key(0), {"text": batch["text"]}))["params"]
     assert "patch_embed" not in text_params and "word_embed" in text_params
 
@@ -207,3 +209,12 @@ def test_learns_prefix_image_modelling_and_captions(tmp_path):
           f"{time.time() - start:.0f}s")
     assert float(after["pim"]) > float(unigram) + 0.1 and float(after["pim"]) > float(before["pim"]) + 0.1
     assert float(after["caption"]) > float(before["caption"]) + 0.2
+
+
+def test_tokenizer_mismatch_and_unknown_source_fail_naming_what_is_valid(tiny):
+    model, _, batch, _ = tiny
+    wrong = model.clone(image_vocab_size=CODES + 1)
+    with pytest.raises(ValueError, match="image_vocab_size=9"):
+        jax.eval_shape(lambda: wrong.init(jax.random.key(0), batch, method="prefix_image"))
+    with pytest.raises(ValueError, match="valid: 'kmeans'"):
+        jax.eval_shape(lambda: model.clone(tokenizer="vqgan").init(jax.random.key(0), batch, method="prefix_image"))
