@@ -36,20 +36,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         norm="post", ln_eps=1e-12, dropout_rate=0.1, attn_dropout_rate=0.1, tokenizer="kmeans",
         dtype="bfloat16", attention="auto"))
     c.tasks = ml_collections.ConfigDict(dict(
-        pairs=dict(data=PAIRS, forward=dict(method="prefix_lm"),
+        pairs=dict(data=dict(PAIRS), forward=dict(method="prefix_lm"),
                    losses=dict(plm=dict(fn="caption_ce", weight=1.0))),
-        pim=dict(data=PAIRS, forward=dict(method="prefix_image"),
+        pim=dict(data=dict(PAIRS), forward=dict(method="prefix_image"),
                  losses=dict(pim=dict(fn="caption_ce", logits_key="image_logits", labels_key="image_labels",
                                       weight=1.0))),
-        text=dict(data=TEXT, forward=dict(method="prefix_lm"),
+        text=dict(data=dict(TEXT), forward=dict(method="prefix_lm"),
                   losses=dict(plm=dict(fn="caption_ce", weight=1.0))),
     ))
     c.schedule = "accumulate"
     c.optimizer.update(dict(name="adamw", lr=dict(name="cosine", peak=1e-4, warmup_steps=500), weight_decay=0.01,
                             clip_norm=1.0))
     c.evals = ml_collections.ConfigDict(dict(
-        caption=dict(type="captioning", data=PAIRS, every=2000, num_examples=500, batch_size=64),
-        pim=dict(type="token_accuracy", data=PAIRS, predict="image_tokens", every=2000, num_examples=500,
+        caption=dict(type="captioning", data=dict(PAIRS), every=2000, num_examples=500, batch_size=64),
+        pim=dict(type="token_accuracy", data=dict(PAIRS), predict="image_tokens", every=2000, num_examples=500,
                  batch_size=64),
     ))
     return c

@@ -42,19 +42,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256, max_text_len=24, max_decode_len=64,
         dropout_rate=0.0, attn_dropout_rate=0.0, tokenizer="kmeans", tokenizer_fit_images=2000))
     c.tasks = ml_collections.ConfigDict(dict(
-        pairs=dict(data=PAIRS, forward=dict(method="prefix_lm"),
+        pairs=dict(data=dict(PAIRS), forward=dict(method="prefix_lm"),
                    losses=dict(plm=dict(fn="caption_ce", weight=1.0))),
-        pim=dict(data=PAIRS, forward=dict(method="prefix_image"),
+        pim=dict(data=dict(PAIRS), forward=dict(method="prefix_image"),
                  losses=dict(pim=dict(fn="caption_ce", logits_key="image_logits", labels_key="image_labels", weight=1.0))),
-        text=dict(data=TEXT, forward=dict(method="prefix_lm"),
+        text=dict(data=dict(TEXT), forward=dict(method="prefix_lm"),
                   losses=dict(plm=dict(fn="caption_ce", weight=0.5))),
     ))
     c.schedule = "accumulate"
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=50)
     c.optimizer.weight_decay = 0.01
     c.evals = ml_collections.ConfigDict(dict(
-        caption=dict(type="captioning", data=PAIRS, every=300, num_examples=200, batch_size=100),
-        pim=dict(type="token_accuracy", data=PAIRS, predict="image_tokens", every=300, num_examples=200,
+        caption=dict(type="captioning", data=dict(PAIRS), every=300, num_examples=200, batch_size=100),
+        pim=dict(type="token_accuracy", data=dict(PAIRS), predict="image_tokens", every=300, num_examples=200,
                  batch_size=100),
     ))
     c.log_every = 50
