@@ -218,3 +218,27 @@ def test_tokenizer_mismatch_and_unknown_source_fail_naming_what_is_valid(tiny):
         jax.eval_shape(lambda: wrong.init(jax.random.key(0), batch, method="prefix_image"))
     with pytest.raises(ValueError, match="valid: 'kmeans'"):
         jax.eval_shape(lambda: model.clone(tokenizer="vqgan").init(jax.random.key(0), batch, method="prefix_image"))
+
+
+def test_token_accuracy_evaluator_scores_non_pad_labels_against_the_unigram_baseline():
+    from vlfm.evaluators import EVALUATORS
+
+    data = dict(name="shapes", num_examples=40, image_size=8, view="pairs", max_len=12)
+
+    def fn(shift):
+        return lambda params, b: {"labels": b["text"], "predicted": (b["text"] + shift) * (b["text"] > 0)}
+
+    def run(shift):
+        ev = EVALUATORS.get("token_accuracy")({"image_tokens": fn(shift)}, data=data, num_examples=32, batch_size=8)
+        return dict(ev.run(None))
+
+    right, wrong = run(0), run(1)
+    assert right["accuracy"] == 1.0 and wrong["accuracy"] == 0.0  # pad positions never count
+    from vlfm.data.pipeline import build_dataset
+
+    bundle = build_dataset(data, "validation")
+    ids = np.concatenate([np.asarray(bundle.examples[i]["text"]) for i in range(32)])
+    _, counts = np.unique(ids[ids > 0], return_counts=True)
+    assert right["unigram_baseline"] == pytest.approx(counts.max() / counts.sum())
+    with pytest.raises(ValueError, match="valid: image_tokens"):
+        EVALUATORS.get("token_accuracy")({"image_tokens": fn(0)}, data=data, predict="caption_tokens")
