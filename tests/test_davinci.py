@@ -14,7 +14,7 @@ import pytest
 
 from vlfm.losses import LOSSES
 from vlfm.models import build_model
-from vlfm.models.davinci import DaVinci
+from vlfm.models.davinci import DaVinci, paint_config
 from vlfm.models.decoding import GenerateConfig, generate
 from vlfm.models.image_tokenizer import ImageTokenizer, fit_kmeans
 from vlfm.train.config import load_config
@@ -115,6 +115,26 @@ def test_generation_cached_equals_uncached_with_prefixes_and_prompts(tiny):
     alone = np.asarray(logits(context({"image": batch["image"]})))
     np.testing.assert_allclose(with_prefix[1], alone[1], atol=1e-5)
     assert not np.allclose(with_prefix[[0, 2]], alone[[0, 2]], atol=1e-3)
+
+
+def test_painting_follows_prefix_image_modelling_and_caches(tiny):
+    model, params, batch, _ = tiny
+    inputs = dict(batch, visible_rows=jnp.full((3,), 2, jnp.int32))  # prefix_image also keeps 2 rows in evaluation
+    apply = _jitted(model)
+    forced = apply({"params": params}, batch, method="prefix_image")
+    context = jax.jit(functools.partial(model.apply, {"params": params}, method="generation_context"))(inputs)
+    img_bos = jnp.full((3, 1), model.img_bos_id, jnp.int32)
+    tokens = jnp.concatenate([img_bos, forced["image_labels"][:, :7]], axis=1)
+    logits = apply({"params": params}, tokens, context, method="decode_logits")
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(forced["image_logits"])[:, :8], atol=1e-4)
+
+    config = paint_config(model, 2)
+    cached = generate(model, params, inputs, config)
+    full = generate(model, params, inputs, config, use_cache=False)
+    painted = np.asarray(cached["tokens"])
+    np.testing.assert_array_equal(painted, full["tokens"])
+    assert painted.shape == (3, 8) and np.all((painted >= TEXT_VOCAB) & (painted < TEXT_VOCAB + CODES))
+    np.testing.assert_array_equal(painted[:, 0], np.argmax(np.asarray(forced["image_logits"])[:, 0], -1))
 
 
 def test_text_only_prefix_lm_needs_no_image_and_truncates_long_captions(tiny):

@@ -24,8 +24,9 @@ a word. Without a ``sampling`` stream (evaluation) the cut is deterministic: the
 is the suffix, and ``pim_eval_rows`` rows stay visible.
 
 The generation contract (``vlfm.models.decoding``): ``generation_context`` encodes ``image`` and an
-optional ``prefix`` (text ids without BOS, right-padded); ``decode_logits`` runs the decoder, with a
-KV cache when ``decode=True``.
+optional ``prefix`` (text ids without BOS, right-padded) for writing text, or, given ``visible_rows``,
+the top rows of ``image`` and the caption ``text`` for painting the remaining rows' codes
+(``paint_config``); ``decode_logits`` runs the decoder, with a KV cache when ``decode=True``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 
 from vlfm.data.prefix import split_prefix
 from vlfm.models import layers
+from vlfm.models.decoding import GenerateConfig
 from vlfm.models.image_tokenizer import ImageTokenizer, resolve_tokenizer
 from vlfm.models.registry import MODELS
 
@@ -153,9 +155,10 @@ class DaVinci(nn.Module):
         return tok
 
     def encode(self, image: Array | None, text: Array, *, visible: Array | None = None, modality: int = TEXT,
-               train: bool = False) -> dict:
+               offset: Array | int = 0, train: bool = False) -> dict:
         """The decoder's context: encoder ``states`` over ``[image patches; text]``, their key ``mask``
-        (False: padding or a hidden patch) and the ``modality`` [B] the decoder writes."""
+        (False: padding or a hidden patch), the ``modality`` [B] the decoder writes and the ``offset`` [B]
+        of its first position (a painting starts at the raster index of its first hidden code)."""
         dtype = jnp.dtype(self.dtype)
         types = self.types()
         if text.shape[1] > self.max_text_len:
@@ -176,7 +179,9 @@ class DaVinci(nn.Module):
         h = self.encoder(x, key_mask=mask, train=train)
         if self.norm == "pre":
             h = self.encoder_ln(h)
-        return {"states": h, "mask": mask, "modality": jnp.full((x.shape[0],), modality, jnp.int32)}
+        b = x.shape[0]
+        return {"states": h, "mask": mask, "modality": jnp.full((b,), modality, jnp.int32),
+                "offset": jnp.broadcast_to(jnp.asarray(offset, jnp.int32), (b,))}
 
     def decode_logits(self, tokens: Array, context: dict, *, positions: Array | None = None,
                       train: bool = False) -> Array:
@@ -184,7 +189,8 @@ class DaVinci(nn.Module):
         dtype = jnp.dtype(self.dtype)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embed(tokens) + jnp.take(self.decoder_pos(), positions, axis=0).astype(dtype)
+        positions = positions + context["offset"][:, None]  # beyond the table only after a painting's last code
+        x = self.embed(tokens) + jnp.take(self.decoder_pos(), positions, axis=0, mode="clip").astype(dtype)
         if self.norm == "post":
             x = self.decoder_ln(x)
         x = self.dropout(x, deterministic=not train)
@@ -201,7 +207,13 @@ class DaVinci(nn.Module):
 
     def generation_context(self, batch: dict, *, train: bool = False) -> dict:
         """Encoder states for writing text after ``[image; BOS, prefix]``: ``image`` [B, H, W, 3] and/or
-        ``prefix`` (text ids without BOS, right-padded; absent or all pad = captioning from the image)."""
+        ``prefix`` (text ids without BOS, right-padded; absent or all pad = captioning from the image).
+
+        With ``visible_rows`` int [B] it paints instead: the encoder sees those top rows of ``image`` (absent:
+        no image, rows 0) and the whole ``text`` (BOS ... EOS), and the decoder writes the codes of the
+        remaining rows in raster order (``paint_config`` gives the decoding options)."""
+        if "visible_rows" in batch:
+            return self._painting_context(batch, train=train)
         image, prefix = batch.get("image"), batch.get("prefix")
         if image is None and prefix is None:
             raise ValueError(f"generation_context needs 'image' and/or 'prefix'; the batch has {', '.join(batch)}")
@@ -209,6 +221,16 @@ class DaVinci(nn.Module):
         bos = jnp.full((b, 1), self.bos_id, jnp.int32)
         text = bos if prefix is None else jnp.concatenate([bos, jnp.asarray(prefix, jnp.int32)], axis=1)
         return self.encode(image, text, train=train)
+
+    def _painting_context(self, batch: dict, *, train: bool) -> dict:
+        text = jnp.asarray(batch["text"], jnp.int32)
+        g = self.grid
+        rows = jnp.asarray(batch["visible_rows"], jnp.int32).reshape(text.shape[0])
+        image = batch.get("image")
+        if image is None:  # text to image: nothing is visible, whatever rows says
+            image, rows = jnp.zeros((text.shape[0], self.image_size, self.image_size, 3)), jnp.zeros_like(rows)
+        visible = jnp.repeat(jnp.arange(g)[None] < rows[:, None], g, axis=1)
+        return self.encode(image, text, visible=visible, modality=IMAGE, offset=rows * g, train=train)
 
     # ------------------------------------------------------------------------------------------------
     # Objectives
@@ -253,11 +275,11 @@ class DaVinci(nn.Module):
         labels = jnp.where(real, jnp.take_along_axis(codes, jnp.minimum(index, n - 1), axis=1), self.pad_id)
         inputs = jnp.concatenate([jnp.full((b, 1), self.img_bos_id, jnp.int32), labels[:, :-1]], axis=1)
         inputs = jnp.where(real, inputs, self.pad_id)
-        positions = jnp.minimum(index, n - 1)  # each token sits at the raster index of the code it predicts
         visible = jnp.repeat(jnp.arange(g)[None] < keep[:, None], g, axis=1)
+        # Each token sits at the raster index of the code it predicts: the context's offset is the first.
         context = self.encode(image, jnp.asarray(batch["text"], jnp.int32), visible=visible, modality=IMAGE,
-                              train=train)
-        logits = self.decode_logits(inputs, context, positions=positions, train=train)
+                              offset=start, train=train)
+        logits = self.decode_logits(inputs, context, train=train)
         return {"image_logits": logits, "image_labels": labels}
 
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
@@ -275,3 +297,13 @@ def _predicted(outputs: dict, kind: str) -> dict:
     ``token_accuracy`` evaluator: [B, L] ints instead of [B, L, vocab] logits."""
     return {"predicted": jnp.argmax(outputs[f"{kind}_logits"], -1).astype(jnp.int32),
             "labels": outputs[f"{kind}_labels"]}
+
+
+def paint_config(model: DaVinci, visible_rows: int) -> GenerateConfig:
+    """Greedy decoding options that paint the ``grid - visible_rows`` hidden rows of codes after IMG_BOS
+    (``generate(model, params, {"image", "text", "visible_rows"}, paint_config(model, rows))``; the codes
+    are ``tokens - text_vocab_size`` in raster order). No EOS ends a painting: its id is IMG_BOS, which a
+    painting never writes."""
+    n = (model.grid - visible_rows) * model.grid
+    return GenerateConfig(method="greedy", max_length=n, bos_id=model.img_bos_id, eos_id=model.img_bos_id,
+                          pad_id=model.pad_id, max_positions=max(n + 1, 2))
