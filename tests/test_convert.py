@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from vlfm.core.provenance import code_commit
 from vlfm.convert.hf import hf_to_vlfm_config, load_hf, save_hf
 from vlfm.models import build_model
 
@@ -324,6 +325,9 @@ def test_cli_import_export(hf_dirs, tmp_path):
     assert set(written) == set(original)
     for key in original:
         np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    record = json.loads((tmp_path / "hf" / "vlfm_export.json").read_text())
+    assert record["model_config"] == json.loads((tmp_path / "vlfm" / "model_config.json").read_text())
+    assert record["commit"] == code_commit() and "run" not in record
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from vlfm.core.provenance import write_export_record
 from vlfm.core.tree import strip_boxes
 from vlfm.models import TOWERS, build_model
 from vlfm.registry import Registry
@@ -636,9 +637,12 @@ def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     return model_config, flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike) -> None:
+def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
+            run_record: Mapping[str, Any] | None = None) -> None:
     """Writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads as BertModel /
-    BertForMaskedLM, ViTModel / ViTForImageClassification, CLIPModel, CLIPTextModel or CLIPVisionModel.
+    BertForMaskedLM, ViTModel / ViTForImageClassification, CLIPModel, CLIPTextModel or CLIPVisionModel,
+    and ``vlfm_export.json`` beside them (the vlfm model config, commit and version, and ``run_record``:
+    the training run's own config record, when the weights come from one).
 
     Accepts params in either layout (scanned or not). Raises when the model uses a setting HF cannot
     express, or when the params do not match ``model_config``.
@@ -684,3 +688,4 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)
     safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+    write_export_record(path, model_config, run_record)
