@@ -50,6 +50,7 @@ CONFIG_NAME = "config.json"
 # Loaders of other HF model types, ``(path, scan) -> (model config, params)``, which load_hf dispatches to:
 # vlfm.convert.hf_fusion registers ViLT and BridgeTower (importing vlfm.convert registers them all).
 HF_LOADERS: Registry = Registry("HF model_type")
+HF_SAVERS: Registry = Registry("vlfm model with an HF export")  # fusion models: vlfm.convert.hf_fusion
 
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -521,12 +522,13 @@ def _stack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of ``_stack_layers``; also for an encoder at the top level (ViLT's ``encoder/layers``)."""
     out = {}
     for path, value in flat.items():
-        m = _STACK_RE.match(path)
+        m = _STACK_RE.match(f"/{path}" if path.startswith("encoder/") else path)
         if m:
             for i in range(value.shape[0]):
-                out[f"{m[1]}/encoder/layer_{i}/{m[2]}"] = value[i]
+                out[f"{m[1]}/encoder/layer_{i}/{m[2]}".lstrip("/")] = value[i]
         else:
             out[path] = value
     return out
@@ -640,27 +642,20 @@ def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
 def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
             run_record: Mapping[str, Any] | None = None) -> None:
     """Writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads as BertModel /
-    BertForMaskedLM, ViTModel / ViTForImageClassification, CLIPModel, CLIPTextModel or CLIPVisionModel,
-    and ``vlfm_export.json`` beside them (the vlfm model config, commit and version, and ``run_record``:
+    BertForMaskedLM, ViTModel / ViTForImageClassification, CLIPModel, CLIPTextModel or CLIPVisionModel
+    (or, through ``HF_SAVERS``, a ViLT class: ``vlfm.convert.hf_fusion``), and ``vlfm_export.json`` beside them (the vlfm model config, commit and version, and ``run_record``:
     the training run's own config record, when the weights come from one).
 
     Accepts params in either layout (scanned or not). Raises when the model uses a setting HF cannot
     express, or when the params do not match ``model_config``.
     """
     model_config = _plain(model_config)
+    if model_config.get("name") in HF_SAVERS:
+        HF_SAVERS.get(model_config["name"])(model_config, params, path, run_record)
+        return
     kind = _checkpoint_kind(model_config)
     hf_config = vlfm_to_hf_config(model_config)
-    params = strip_boxes(params)
-    flat = {k: np.asarray(v, np.float32)
-            for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/").items()}
-    flat = _unstack_layers(flat)
-    shapes = _abstract_params(model_config)
-    wrong = {k for k in set(shapes) & set(flat) if tuple(flat[k].shape) != shapes[k]}
-    if set(shapes) != set(flat) or wrong:
-        raise ValueError("params do not match the model config:"
-                         f"\n  missing: {_list(set(shapes) - set(flat)) or '-'}"
-                         f"\n  unexpected: {_list(set(flat) - set(shapes)) or '-'}"
-                         f"\n  wrong shape: {_list(wrong) or '-'}")
+    flat = flat_params_matching(params, _abstract_params(model_config))
     prefix = ""
     if kind == "bert" and model_config["text"].get("mlm_head"):
         prefix = "bert."  # BertForMaskedLM
@@ -684,8 +679,29 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
     if kind == "bert" and text.get("mlm_head") and not text.get("tie_mlm_decoder", True):
         # Untied, transformers 5 reads the decoder's own bias (see _drop_duplicates); write both.
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
+    write_hf_dir(path, hf_config, tensors, model_config, run_record)
+
+
+def flat_params_matching(params: Any, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """``params`` (either layout) as flat, unscanned float32 numpy arrays, checked against the flat
+    ``shapes`` of the model config they are exported with (raises naming missing, extra, misshaped)."""
+    flat = {k: np.asarray(v, np.float32)
+            for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(strip_boxes(params)), sep="/").items()}
+    flat = _unstack_layers(flat)
+    wrong = {k for k in set(shapes) & set(flat) if tuple(flat[k].shape) != shapes[k]}
+    if set(shapes) != set(flat) or wrong:
+        raise ValueError("params do not match the model config:"
+                         f"\n  missing: {_list(set(shapes) - set(flat)) or '-'}"
+                         f"\n  unexpected: {_list(set(flat) - set(shapes)) or '-'}"
+                         f"\n  wrong shape: {_list(wrong) or '-'}")
+    return flat
+
+
+def write_hf_dir(path: str | os.PathLike, hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                 model_config: Mapping[str, Any], run_record: Mapping[str, Any] | None) -> None:
+    """``config.json``, ``model.safetensors`` and ``vlfm_export.json`` in ``path``."""
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+        json.dump(dict(hf_config), f, indent=2, sort_keys=True)
+    safetensors.numpy.save_file(dict(tensors), os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
     write_export_record(path, model_config, run_record)
