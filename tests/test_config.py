@@ -278,3 +278,29 @@ def test_convert_export_accepts_a_training_workdir(tmp_path):
         np.testing.assert_array_equal(written[key], original[key], err_msg=key)
     with pytest.raises(SystemExit):
         main(["export", str(workdir)])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=-8", "data.batch_size=-8 is invalid: it must be a positive integer"),
+    ("total_steps=0", "total_steps=0 is invalid"),
+    ("grad_accum_steps=0", "grad_accum_steps=0 is invalid"),
+    ("checkpoint_every=0", "checkpoint_every=0 is invalid"),
+    ("optimizer.lr.peak=-0.001", "optimizer.lr.peak=-0.001 is invalid: it must be a finite number >= 0"),
+    ("data.num_workers=-1", "data.num_workers=-1 is invalid: it must be an integer >= 0"),
+    ("optimizer.lr.warmup_steps=-1", "optimizer.lr.warmup_steps=-1 is invalid"),
+    ("ema_decay=1.5", "ema_decay=1.5 is invalid: it must be a number in \\[0, 1\\]"),
+    ("evals.retrieval.every=-1", "evals.retrieval.every=-1 is invalid"),
+])
+def test_out_of_range_values_fail_at_load_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/clip_tiny.py", [override])
+
+
+def test_task_batch_sizes_are_checked_too():
+    from vlfm.train.config import validate_config
+
+    c = load_config("configs/clip_tiny.py")
+    with c.unlocked():
+        c.tasks = ml_collections.ConfigDict({"a": {"data": {"name": "shapes", "batch_size": 0}}})
+    with pytest.raises(ConfigError, match="tasks.a.data.batch_size=0 is invalid"):
+        validate_config(c)
