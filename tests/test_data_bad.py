@@ -137,3 +137,18 @@ def test_empty_text_file_is_an_error(tmp_path, vocab_file):
                                 text=dict(tokenizer=dict(kind="wordpiece", path=vocab_file), max_len=8)), "train")
     with pytest.raises(EmptyDatasetError, match="empty.txt"):
         bundle.example()
+
+
+def test_an_empty_tar_shard_is_counted_and_logged_naming_it(tmp_path, vocab_file, caplog):
+    write_shards([_good(i) for i in range(3)], str(tmp_path / "shard-%05d.tar"))
+    with tarfile.open(tmp_path / "shard-00001.tar", "w"):  # a valid tar without members
+        pass
+    bundle = build_dataset(dict(_config(str(tmp_path), vocab_file), urls=str(tmp_path / "shard-{00000..00001}.tar")),
+                           "train")
+    with caplog.at_level(logging.WARNING, logger="vlfm.data"):
+        it = iter(bundle.example_stream(seed=0, num_epochs=2))
+        labels = sorted(int(e["label"]) for e in it)
+    assert labels == [0, 0, 1, 1, 2, 2]
+    assert pipeline_stats(it.get_state()) == {"data/bad/empty_shard": 2}
+    warnings = [r.getMessage() for r in caplog.records if "empty_shard" in r.getMessage()]
+    assert len(warnings) == 1 and "shard-00001.tar" in warnings[0], warnings

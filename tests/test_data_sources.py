@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from vlfm.data import build_dataset, image_ops, synthetic
-from vlfm.data.bad_data import EmptyDatasetError
+from vlfm.data.bad_data import TRUNCATED_SHARD, UNREADABLE_SHARD, BadSample, EmptyDatasetError
 from vlfm.data.pipeline import eval_arrays, pipeline_stats
-from vlfm.data.streaming import ShardedStream, expand_braces, expand_urls, take
+from vlfm.data.streaming import STDERR_LINES, ShardedStream, expand_braces, expand_urls, take
 from vlfm.data.text_files import read_lines
 from vlfm.data.webdataset import read_tar, split_name, write_shards
 
@@ -143,6 +143,33 @@ def test_pipe_file_and_fsspec_urls_read_like_local_paths(shards):
     assert _keys(remote, read_tar, shuffle=False) == local
     records = list(read_tar(remote[0]))
     assert [r["__key__"] for r, _ in read_tar(remote[0], records[4][1])] == [r["__key__"] for r, _ in records[5:]]
+
+
+def test_a_failing_pipe_command_is_reported_with_its_url_exit_code_and_stderr(vocab_file):
+    url = "pipe:sh -c 'echo boom >&2; exit 3'"
+    [(marker, _)] = list(read_tar(url))
+    assert isinstance(marker, BadSample) and marker.kind == UNREADABLE_SHARD and marker.source == url
+    assert url in marker.detail and "exited with code 3" in marker.detail and "boom" in marker.detail
+    # A dataset whose every shard fails stops with an error that says why, not only that it is empty.
+    bundle = build_dataset(_wds_config("", vocab_file, urls=url), "train")
+    with pytest.raises(EmptyDatasetError, match=r"exited with code 3.*boom"):
+        bundle.example()
+    [(silent, _)] = list(read_tar("pipe:true"))  # succeeds but writes nothing
+    assert silent.kind == UNREADABLE_SHARD and "wrote nothing" in silent.detail
+
+
+def test_pipe_stderr_is_kept_bounded_and_a_cut_stream_names_the_failure(shards):
+    _, paths = shards
+    noisy = "pipe:sh -c 'for i in $(seq 1000); do echo line $i >&2; done; exit 1'"
+    [(marker, _)] = list(read_tar(noisy))
+    first_kept = 1000 - STDERR_LINES + 1
+    assert f"line {first_kept} |" in marker.detail and f"line {first_kept - 1} |" not in marker.detail
+    assert marker.detail.endswith("line 1000")
+    half = os.path.getsize(paths[0]) // 2  # the download breaks off half-way
+    records = list(read_tar(f"pipe:sh -c 'head -c {half} {paths[0]}; echo connection reset >&2; exit 56'"))
+    *good, (cut, _) = records
+    assert 0 < len(good) < 10 and not any(isinstance(r, BadSample) for r, _ in good)
+    assert cut.kind == TRUNCATED_SHARD and "exited with code 56" in cut.detail and "connection reset" in cut.detail
 
 
 def test_tar_resume_seeks_or_skips(shards):

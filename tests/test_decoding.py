@@ -10,45 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import TinyCaptioner
 from vlfm.core.sharding import make_mesh
 from vlfm.models import layers
 from vlfm.models.decoding import GenerateConfig, generate, make_generate_fn
 
-VOCAB, WIDTH, MAX_LEN = 12, 32, 16
+VOCAB, MAX_LEN = TinyCaptioner.vocab_size, TinyCaptioner.max_len
 PAD, BOS, EOS = 0, 1, 2
-
-
-class TinyCaptioner(nn.Module):
-    """Image patches -> a linear context; a scanned causal decoder with cross-attention to it."""
-
-    decode: bool = False
-
-    def setup(self):
-        block = dict(num_heads=2, mlp_dim=64, causal=True, cross_attention=True, decode=self.decode)
-        self.embed = nn.Embed(VOCAB, WIDTH, embedding_init=nn.initializers.normal(1.0))
-        self.pos = self.param("pos", nn.initializers.normal(1.0), (MAX_LEN, WIDTH))
-        self.image_proj = nn.Dense(WIDTH)
-        self.decoder = layers.Encoder(2, block, scan=True)
-        self.ln = nn.LayerNorm()
-        self.head = nn.Dense(VOCAB, kernel_init=nn.initializers.normal(0.5))
-
-    @property
-    def max_decode_length(self) -> int:
-        return MAX_LEN
-
-    def generation_context(self, batch, *, train=False):
-        image = batch["image"]
-        return self.image_proj(image.reshape(image.shape[0], -1, image.shape[-1]))
-
-    def decode_logits(self, tokens, context, *, positions=None, train=False):
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embed(tokens) + self.pos[positions]
-        h = self.decoder(x, context=context, train=train)
-        return self.head(self.ln(h)).astype(jnp.float32)
-
-    def __call__(self, batch, train=False):
-        return self.decode_logits(batch["text"], self.generation_context(batch, train=train), train=train)
 
 
 @functools.cache

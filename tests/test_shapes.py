@@ -245,8 +245,9 @@ def test_views():
     assert set(shapes.view(data, "image")) == {"image"}
     assert set(shapes.view(data, "text")) == {"caption"}
     assert set(shapes.view(data, "image_label")) == {"image", "label"}
-    with pytest.raises(ValueError, match="pairs, image, text, image_label"):
-        shapes.view(data, "captions")
+    assert set(shapes.view(data, "captions")) == {"image", "caption"}
+    with pytest.raises(ValueError, match="pairs, image, text, image_label, captions"):
+        shapes.view(data, "caption")
 
 
 def test_cache_round_trip(tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ MISSING_KEY = "missing_key"            # a sample lacks a field the spec needs
 BAD_VALUE = "bad_value"                # a field that cannot be parsed (e.g. a label that is not an int)
 TRUNCATED_SHARD = "truncated_shard"    # a tar or file that ends in the middle of a record
 UNREADABLE_SHARD = "unreadable_shard"  # a shard that cannot be opened or is not a tar
-KINDS = (CORRUPT_IMAGE, EMPTY_TEXT, BAD_TEXT, MISSING_KEY, BAD_VALUE, TRUNCATED_SHARD, UNREADABLE_SHARD)
+EMPTY_SHARD = "empty_shard"            # a valid shard that holds no sample (e.g. a tar with no members)
+KINDS = (CORRUPT_IMAGE, EMPTY_TEXT, BAD_TEXT, MISSING_KEY, BAD_VALUE, TRUNCATED_SHARD, UNREADABLE_SHARD, EMPTY_SHARD)
 
 STATE_KEY = "vlfm_bad_counts"  # marks DropBad's counters inside a (nested) grain iterator state
 

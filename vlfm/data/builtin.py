@@ -6,8 +6,9 @@ import functools
 
 import grain
 import numpy as np
+from PIL import Image
 
-from vlfm.data import shapes
+from vlfm.data import image_ops, shapes
 from vlfm.data.masking import mlm_mask
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.tokenizers import WordTokenizer
@@ -29,9 +30,21 @@ class _ArraySource(grain.sources.RandomAccessDataSource):
         return {k: v[index] for k, v in self.arrays.items()}
 
 
+def _scale(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+
+
 def _scale_image(example: dict) -> dict:
-    image = (example["image"].astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-    return dict(example, image=image)
+    return dict(example, image=_scale(example["image"]))
+
+
+def preprocess_image(data: bytes, image_size: int) -> np.ndarray:
+    """An encoded image file as the model sees shapes images: RGB, squashed to ``image_size`` square
+    (bicubic), scaled to [-1, 1] (float32 [S, S, 3])."""
+    rgb = image_ops.to_rgb(image_ops.decode_image(data))
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return _scale(np.asarray(rgb, np.uint8))
 
 
 def _mlm_transform(example: dict, rng: np.random.Generator, *, tokenizer: WordTokenizer, prob: float) -> dict:
@@ -41,13 +54,21 @@ def _mlm_transform(example: dict, rng: np.random.Generator, *, tokenizer: WordTo
     return dict(example, text=ids, mlm_targets=targets)
 
 
+def _references(split: str, max_objects: int, index: int, num: int) -> list[str]:
+    return shapes.reference_captions(split, int(index), num, max_objects)
+
+
 @DATASETS.register("shapes")
 def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32, max_objects: int = 2,
                    view: str = "pairs", max_len: int = 16, mlm_prob: float = 0.0,
                    cache_dir: str | None = None) -> DatasetBundle:
     """Examples with ``image`` (float32, scaled to [-1, 1]), ``text``/``text_mask`` (word ids),
     ``label`` and the main object's attributes, restricted to the keys of ``view``. With
-    ``mlm_prob > 0`` the text is masked per example (80/10/10) and ``mlm_targets`` added."""
+    ``mlm_prob > 0`` the text is masked per example (80/10/10) and ``mlm_targets`` added.
+
+    The ``captions`` view adds ``index`` (int32, the example's number in the split): captioning evaluators
+    look up every reference wording of it with ``info["reference_captions"](index, num)``, so no string
+    goes through the batch. ``info["preprocess_image"]`` turns an encoded image file into a model input."""
     if view not in shapes.VIEWS:
         raise ValueError(f"unknown shapes view {view!r}; valid views: {', '.join(shapes.VIEWS)}")
     data = shapes.load(split, num_examples, image_size, max_objects, cache_dir=cache_dir)
@@ -59,6 +80,8 @@ def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32,
     if "caption" in keys:
         tokens = tokenizer.encode_batch(list(data["caption"]), max_len)
         arrays["text"], arrays["text_mask"] = tokens["ids"], tokens["mask"]
+    if view == "captions":
+        arrays["index"] = np.arange(len(data["caption"]), dtype=np.int32)
     if "label" in keys or view == "pairs":
         for k in ("label", "shape", "color", "size", "position"):
             arrays[k] = data[k]
@@ -69,7 +92,9 @@ def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32,
         transform = functools.partial(_mlm_transform, tokenizer=tokenizer, prob=mlm_prob)
     prompts = shapes.class_prompts()
     info = dict(name="shapes", tokenizer=tokenizer, max_len=max_len, class_names=list(shapes.CLASS_NAMES),
-                class_prompts=prompts, num_classes=len(shapes.CLASS_NAMES), vocab_size=tokenizer.vocab_size)
+                class_prompts=prompts, num_classes=len(shapes.CLASS_NAMES), vocab_size=tokenizer.vocab_size,
+                reference_captions=functools.partial(_references, split, max_objects),
+                preprocess_image=functools.partial(preprocess_image, image_size=image_size))
     examples = grain.MapDataset.source(_ArraySource(arrays))
     if "image" in arrays:
         examples = examples.map(_scale_image)

@@ -13,7 +13,9 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
@@ -25,6 +27,7 @@ from absl import flags
 from vlfm.core.sharding import batch_sharding
 from vlfm.data.bad_data import BadSample, DropBad, EmptyDatasetError, bad_counts
 from vlfm.data.counters import mix_counts
+from vlfm.data.workers import die_with_parent
 from vlfm.registry import Registry
 
 DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
@@ -179,7 +182,9 @@ def train_iterator(bundle: DatasetBundle, *, global_batch_size: int, seed: int, 
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     if num_workers > 0:
         _ensure_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        # Workers end when this process does, even when it is killed with SIGKILL (see workers.py).
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                            worker_init_fn=functools.partial(die_with_parent, os.getpid()))
     return DataIterator(iter(ds), num_workers=num_workers, name=bundle.name)
 
 

@@ -84,6 +84,7 @@ class ImageField(Field):
                              f"{eval_crop!r}")
         self.size = size
         self.crop = train_crop if train else eval_crop
+        self.eval_crop = eval_crop
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.flip = flip and train
         self.randaugment = tuple(randaugment) if randaugment and train else None
@@ -100,6 +101,19 @@ class ImageField(Field):
 
             return Image.fromarray(raw.squeeze(-1) if raw.ndim == 3 and raw.shape[-1] == 1 else raw)
         raise BadData(BAD_VALUE, f"image is a {type(raw).__name__}, not bytes or an array")
+
+    def preprocess(self, raw: Any) -> np.ndarray:
+        """One image (encoded bytes or an array) as evaluation sees it (``eval_crop``, no augmentation),
+        whatever the split: the bundle's ``info["preprocess_image"]`` (e.g. for captioning image files)."""
+        image = self._pil(raw)
+        if self.eval_crop == "clip":
+            image = image_ops.center_crop(image_ops.resize_short_side(image, self.size), self.size)
+        else:
+            image = image_ops.to_rgb(image).resize((self.size, self.size), image_ops.BICUBIC)
+        return image_ops.normalize(image_ops.to_float_array(image), self.mean, self.std, inplace=True)
+
+    def info(self) -> dict[str, Any]:
+        return {"preprocess_image": self.preprocess}
 
     def process(self, raw: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = self._pil(raw)

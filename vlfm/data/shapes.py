@@ -127,6 +127,7 @@ VIEWS: dict[str, tuple[str, ...]] = {
     "image": ("image",),
     "text": ("caption",),
     "image_label": ("image", "label"),
+    "captions": ("image", "caption"),  # + the example's index, for its reference captions (captioning evals)
 }
 
 

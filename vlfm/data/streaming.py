@@ -15,12 +15,14 @@ A format is a *reader*: ``reader(url, resume_token | None)`` yields ``(record, t
 
 from __future__ import annotations
 
+import collections
 import glob
 import io
 import itertools
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -74,31 +76,70 @@ def _local_path(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+class PipeCommandError(OSError):
+    """A ``pipe:`` command failed or wrote nothing; the message names the URL, the exit code and the last
+    lines the command wrote to stderr (a failing download is otherwise invisible)."""
+
+
+STDERR_LINES = 20        # last stderr lines of a ``pipe:`` command kept for its error
+_STDERR_LINE_CHARS = 500  # each cut to this length, so a command cannot fill memory
+
+
 class _PipeReader(io.RawIOBase):
-    """The stdout of a ``pipe:`` shell command as a binary file; a failing command reads as empty."""
+    """The stdout of a ``pipe:`` shell command as a binary file. At the end of its output, a command that
+    exited non-zero or wrote nothing raises ``PipeCommandError`` with its last stderr lines."""
 
     def __init__(self, command: str):
         super().__init__()
         self.command = command
-        self._proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._size = 0
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self._proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Drained in a thread: a command that writes much to stderr must not block on a full pipe.
+        self._drain = threading.Thread(target=self._keep_stderr, name="vlfm-pipe-stderr", daemon=True)
+        self._drain.start()
+
+    def _keep_stderr(self) -> None:
+        for line in iter(lambda: self._proc.stderr.readline(_STDERR_LINE_CHARS), b""):
+            line = line.decode("utf-8", "replace").rstrip()
+            if line:
+                self._stderr.append(line)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        return self._proc.stdout.readinto(buffer)
+        n = self._proc.stdout.readinto(buffer)
+        if n:
+            self._size += n
+            return n
+        code = self._proc.wait()
+        self._drain.join(timeout=5)
+        if code != 0 or self._size == 0:
+            raise PipeCommandError(self._failure(code))
+        return 0
+
+    def _failure(self, code: int) -> str:
+        what = (f"was killed by signal {-code}" if code < 0 else f"exited with code {code}") if code else \
+            "exited with code 0 but wrote nothing"
+        lines = list(self._stderr)
+        tail = (f"; stderr (last {len(lines)} lines): " + " | ".join(lines)) if lines else "; no stderr output"
+        return f"pipe:{self.command} {what}{tail}"
 
     def close(self) -> None:
         if not self.closed:
             self._proc.stdout.close()
             self._proc.kill()
             self._proc.wait()
+            self._drain.join(timeout=5)
+            self._proc.stderr.close()
         super().close()
 
 
 def open_url(url: str) -> BinaryIO:
     """A readable binary stream: local path, ``file://``, any fsspec URL (gs://, s3://, https://) or
-    ``pipe:COMMAND`` (e.g. ``pipe:curl -s URL``, ``pipe:gsutil cat URL``)."""
+    ``pipe:COMMAND`` (e.g. ``pipe:curl -s URL``, ``pipe:gsutil cat URL``; reading past the end of a
+    command that failed raises ``PipeCommandError`` naming the URL, exit code and stderr lines)."""
     if url.startswith("pipe:"):
         return io.BufferedReader(_PipeReader(url[len("pipe:"):]), buffer_size=1 << 20)
     if _is_local(url):
@@ -176,6 +217,7 @@ class _ShardedStreamIterator(grain.DatasetIterator):
         self.turn = 0
         self.counter = 0       # records seen (for the record-level split)
         self.empty_streak: list[int] = []  # consecutive closed shards that produced no record
+        self._problems: dict[int, str] = {}  # shard -> its first bad-data marker, for the error (not state)
         self._gens: list[Iterator | None] = []
 
     # --- shard schedule -------------------------------------------------
@@ -212,6 +254,7 @@ class _ShardedStreamIterator(grain.DatasetIterator):
             gen.close()
         if slot["produced"]:
             self.empty_streak = []
+            self._problems.clear()
         else:
             # Only when every shard of the dataset came up empty in a row is the dataset empty: a reader
             # whose shards in one epoch all happen to be broken just moves on.
@@ -219,7 +262,9 @@ class _ShardedStreamIterator(grain.DatasetIterator):
             if len(set(self.empty_streak)) == len(self.ds.urls):
                 paths = sorted({self.ds.urls[s] for s in self.empty_streak})
                 shown = ", ".join(paths[:5]) + (", ..." if len(paths) > 5 else "")
-                raise EmptyDatasetError(f"dataset {self.ds.name}: no shard yielded any record ({shown})")
+                problems = [self._problems[s] for s in self.empty_streak if s in self._problems]
+                why = f"; first problem: {problems[0]}" if problems else ""
+                raise EmptyDatasetError(f"dataset {self.ds.name}: no shard yielded any record ({shown}){why}")
         if self.turn >= len(self.slots):
             self.turn = 0
 
@@ -243,6 +288,8 @@ class _ShardedStreamIterator(grain.DatasetIterator):
             slot["token"] = token
             if not isinstance(record, BadSample):
                 slot["produced"] = True
+            elif not slot["produced"]:
+                self._problems.setdefault(slot["shard"], record.describe())
             self.turn = (i + 1) % len(self.slots)
             keep = self.split_by_shard or self.counter % self.num_readers == self.reader_index
             self.counter += 1

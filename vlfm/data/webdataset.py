@@ -7,7 +7,8 @@ tar members that share a key (the member name up to the first dot of its base na
 token after a sample is the byte offset of the next sample's first header, so a restore seeks straight
 there in an uncompressed ``.tar`` (elsewhere it re-reads and skips ``n`` samples). A shard that cannot
 be opened or is not a tar yields one ``unreadable_shard`` marker; one that ends mid-member yields a
-``truncated_shard`` marker after its complete samples.
+``truncated_shard`` marker after its complete samples; a valid tar without any sample yields one
+``empty_shard`` marker (counted and logged like bad data, so a shard written empty does not go unseen).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from vlfm.data.bad_data import TRUNCATED_SHARD, UNREADABLE_SHARD, BadSample
+from vlfm.data.bad_data import EMPTY_SHARD, TRUNCATED_SHARD, UNREADABLE_SHARD, BadSample
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.preprocess import build_processor
 from vlfm.data.streaming import check_urls, open_url, shuffled_shard_stream, urls_for_split
@@ -68,9 +69,10 @@ def read_tar(url: str, resume: dict | None = None) -> Iterator[tuple[Any, dict]]
         except Exception as e:
             yield BadSample(UNREADABLE_SHARD, url, "", _error(e)), {"n": done, "end": True}
             return
-        key, sample = None, {}
+        key, sample, members = None, {}, 0
         try:
             for member in tar:
+                members += 1
                 if not member.isfile():
                     continue
                 parts = split_name(member.name)
@@ -90,6 +92,9 @@ def read_tar(url: str, resume: dict | None = None) -> Iterator[tuple[Any, dict]]
             done += 1
             if done > skip:
                 yield sample, {"n": done, "end": True}
+        elif resume is None:  # read from its start, the shard held nothing usable
+            yield BadSample(EMPTY_SHARD, url, "", f"a valid tar with no sample ({members} members, none a "
+                                                  "file named KEY.EXT)"), {"n": done, "end": True}
     finally:
         f.close()
 

@@ -1,6 +1,6 @@
 """Pluggable evaluators, chosen by name in ``config.evals``."""
 
-from vlfm.evaluators import classification, retrieval  # noqa: F401  (registers the evaluators)
+from vlfm.evaluators import captioning, classification, retrieval  # noqa: F401  (registers the evaluators)
 from vlfm.evaluators import fusion  # noqa: F401  (registers the fusion-model evaluators)
 from vlfm.evaluators.registry import EVALUATORS
 
