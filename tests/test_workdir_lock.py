@@ -167,7 +167,28 @@ def test_the_heartbeat_thread_renews_the_lease(tmp_path):
     assert not (tmp_path / LEASE_FILE).exists()
 
 
-def test_remote_workdirs_get_a_lease_and_local_ones_a_lock():
-    from vlfm.core.workdir_lock import is_remote
+def test_a_gs_workdir_gets_a_lease_in_the_bucket(monkeypatch, tmp_path):
+    """The ``gs://`` path end to end through epath, the bucket faked by fsspec's in-memory filesystem."""
+    from etils import epath
+    from etils.epath import backend as epath_backend
+    from etils.epath import gpath
+    from fsspec.implementations.memory import MemoryFileSystem
 
-    assert is_remote("gs://bucket/run") and not is_remote("/data/run") and not is_remote("runs/a")
+    fs = MemoryFileSystem()
+    monkeypatch.setattr(fs, "store", {})
+    monkeypatch.setattr(fs, "pseudo_dirs", [""])
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    monkeypatch.setattr(epath_backend.fsspec_backend, "_get_filesystem", lambda name: fs)
+    monkeypatch.chdir(tmp_path)  # a local folder named like the URL would appear here
+    lease_file = epath.Path("gs://bucket/run") / LEASE_FILE
+    holder = lock_workdir("gs://bucket/run")
+    try:
+        assert isinstance(holder, LeaseLock) and [k for k in fs.store if k.endswith(LEASE_FILE)]  # in the bucket
+        record = json.loads(lease_file.read_text())
+        assert record["pid"] == os.getpid() and record["expires"] > record["heartbeat"]
+        with pytest.raises(WorkdirInUseError, match=f"workdir gs://bucket/run is in use by another run: host "
+                                                    f"{socket.gethostname()}, pid {os.getpid()}"):
+            lock_workdir("gs://bucket/run")
+    finally:
+        holder.release()
+    assert not lease_file.exists() and os.listdir(tmp_path) == []
