@@ -24,7 +24,7 @@ options:
                           their values and the other keys each section accepts
 
 exit status: 0 done, 2 config error, 3 NaN/Inf loss, 4 the step will not fit (--dry_run),
-             5 another run holds the workdir"""
+             5 another run holds the workdir, 6 a checkpoint could not be written (e.g. a full disk)"""
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, str | None, list[str], bool, bool]:
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not want_help:
         distributed.initialize()  # a no-op for single-process runs
+    from vlfm.core.checkpoint import CheckpointWriteError
     from vlfm.core.workdir_lock import WorkdirInUseError
     from vlfm.train.aot import WillNotFitError
     from vlfm.train.config import ConfigError, describe_config, load_config
@@ -98,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except WorkdirInUseError as e:
         logging.getLogger("vlfm").error("%s", e)
         return 5
+    except CheckpointWriteError as e:
+        # The storage's own error first (with its traceback), then the one line that ends the run.
+        logging.getLogger("vlfm").error("the checkpoint write failed with:", exc_info=e.__cause__ or e)
+        logging.getLogger("vlfm").error("%s", e)
+        return 6
     return 0
 
 
