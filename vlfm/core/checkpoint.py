@@ -370,6 +370,20 @@ class Checkpointer:
             pending.result()
             self._mngr._cleanup_tmp_directory_future = None
 
+    def _wait_for_abandoned_writes(self) -> None:
+        """After a failed save, waits for the save's other writes (orbax runs each in its own thread).
+
+        orbax reports the first failed write and leaves the others running; they keep writing into the
+        step's temporary directory, where the next manager's start-up clean-up would race them
+        ("Directory not empty"). Their own errors are echoes of the failure already raised.
+        """
+        async_manager = getattr(getattr(self._mngr, "_checkpointer", None), "_async_manager", None)
+        for pending in getattr(async_manager, "_commit_futures", None) or ():
+            try:
+                pending.result()
+            except Exception as e:
+                log.debug("a write of the failed checkpoint also failed: %s", e)
+
     def close(self) -> None:
         """Waits for pending saves and background clean-up; gives SIGTERM back to the previous handler.
 
@@ -379,6 +393,7 @@ class Checkpointer:
         try:
             self._wait_for_cleanup()
             if self._failed:
+                self._wait_for_abandoned_writes()
                 try:
                     self._mngr.close()
                 except Exception as e:  # the failure already raised, seen again by orbax's close
