@@ -485,3 +485,25 @@ def test_a_failed_write_names_directory_step_and_the_intact_checkpoint(setup8, t
         c.close()
     assert meta["step"] == 1
     assert_same(restored, expected1)
+
+
+def test_a_failed_last_save_is_raised_by_close_naming_it(setup8, tmp_path, monkeypatch):
+    """The run's final save has no next save to surface its failure: ``close`` raises it, named."""
+    from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
+
+    c = ckpt.Checkpointer(tmp_path / "ckpt", save_every=1, handle_sigterm=False)
+    assert c.save(1, setup8.state(1))
+    c.wait()
+    original = JsonCheckpointHandler._save_fn
+
+    async def failing_write(self, x, path):
+        if x.get("step") == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return await original(self, x, path)
+
+    monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", failing_write)
+    c.save(2, setup8.state(2), force=True)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint step 2 could not be written to .*the disk is "
+                                                        r"full.*The last committed checkpoint, step 1, is intact"):
+        c.close()
+    c.close()  # once raised, not again

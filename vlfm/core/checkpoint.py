@@ -392,19 +392,23 @@ class Checkpointer:
         """
         try:
             self._wait_for_cleanup()
-            if self._failed:
-                self._wait_for_abandoned_writes()
-                try:
-                    self._mngr.close()
-                except Exception as e:  # the failure already raised, seen again by orbax's close
-                    log.debug("checkpoint manager close after a failed write: %s", e)
-            else:
-                with self._naming_write_errors(lambda: self._last_requested):
-                    self._mngr.close()
+            if not self._failed:
+                self.wait()  # a failed last save is raised here, named
         finally:
-            if self._handler_installed:
-                signal.signal(signal.SIGTERM, self._previous_handler)
-                self._handler_installed = False
+            try:
+                if self._failed:
+                    self._wait_for_abandoned_writes()
+                    try:
+                        self._mngr.close()
+                    except Exception as e:  # the failure already raised, seen again by orbax's close
+                        log.debug("checkpoint manager close after a failed write: %s", e)
+                else:
+                    with self._naming_write_errors(lambda: self._last_requested):
+                        self._mngr.close()
+            finally:
+                if self._handler_installed:
+                    signal.signal(signal.SIGTERM, self._previous_handler)
+                    self._handler_installed = False
 
 
 # --- params-only checkpoints ---------------------------------------------
