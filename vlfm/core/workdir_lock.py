@@ -10,11 +10,15 @@ for its whole lifetime:
   the message of the run that is refused.
 - a remote workdir (``gs://...``; object stores have no locks): a lease, ``WORKDIR/run.lease``,
   holding the holder's host, pid, start time, a random token and an expiry. The holder renews it
-  every ``heartbeat`` seconds (a daemon thread); a run that finds a lease with a recent heartbeat
-  refuses at once; one whose heartbeat has stopped (the holder was killed) is waited out until it
-  expires (at most ``ttl`` seconds), then taken over; on the holder's own host a holder pid that no
-  longer exists is taken over at once. After writing its lease a run reads it back a moment later:
-  of two runs starting together only the one whose write landed last keeps it.
+  every ``heartbeat`` seconds (15 s; a daemon thread); a lease expires ``ttl`` seconds (90 s) after
+  its last renewal. A run that finds a lease renewed within two heartbeats (30 s) refuses at once;
+  one whose heartbeat has stopped (the holder was killed) is waited out until it expires (at most
+  90 s after the holder's last heartbeat), then taken over; on the holder's own host a holder pid
+  that no longer exists is taken over at once. After writing its lease a run reads it back
+  ``settle`` seconds (2 s) later: of two runs starting together only the one whose write landed last
+  keeps it. This is best effort, not a compare-and-swap: two runs whose read-to-write gaps overlap by
+  more than ``settle`` could both start. A holder that finds its lease taken over (it was frozen for
+  longer than ``ttl``) logs an error and is not stopped.
 
 Multi-host runs: process 0 alone takes the lock; the trainer tells the others its outcome.
 """
