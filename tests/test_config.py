@@ -305,6 +305,9 @@ def test_convert_export_accepts_a_training_workdir(tmp_path):
     assert set(written) == set(original)
     for key in original:
         np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    record = json.loads((tmp_path / "hf_out" / "vlfm_export.json").read_text())
+    assert record["run"] == json.loads((workdir / "config.json").read_text())  # the run's config + commit
+    assert record["model_config"] == config.model.to_dict() and record["commit"] == record["run"]["commit"]
     with pytest.raises(SystemExit):
         main(["export", str(workdir)])
 

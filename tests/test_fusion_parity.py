@@ -251,6 +251,14 @@ def test_bridgetower_unsupported_settings_are_rejected(tmp_path):
         load_hf(save(hf, tmp_path))
 
 
+def test_bridgetower_with_unequal_tower_depths_is_rejected(tmp_path):
+    """HF skips the vision layers above the text tower's depth; vlfm would bridge other layers."""
+    config = dict(BT, vision_config=dict(BT["vision_config"], num_hidden_layers=4))
+    hf = transformers.BridgeTowerModel(transformers.BridgeTowerConfig(**config))
+    with pytest.raises(ValueError, match="vision depth 4 differs from text depth 3"):
+        load_hf(save(hf, tmp_path))
+
+
 def test_cli_imports_fusion_checkpoints(tmp_path):
     import json
 

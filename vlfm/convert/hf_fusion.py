@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlfm.convert.hf import (BERT_LAYER, BERT_TOP, BUFFER_SUFFIXES, CONFIG_NAME, VIT_LAYER, _act, _expand, _layers,
-                             HF_LOADERS, _plain, _read_tensors, _stack_layers, map_tensors)
+                             HF_LOADERS, _plain, _read_tensors, _stack_layers, map_tensors, square_size)
 from vlfm.core.tree import merge_params, strip_boxes
 from vlfm.models import build_model
 
@@ -114,7 +114,8 @@ def _vilt_config(c: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], sc
     _check("vilt", c, num_channels=3)
     prefix = _prefix(keys, "vilt.")
     model = dict(name="vilt", vocab_size=c["vocab_size"], max_text_len=c["max_position_embeddings"],
-                 type_vocab_size=c["type_vocab_size"], image_size=c["image_size"], patch_size=c["patch_size"],
+                 type_vocab_size=c["type_vocab_size"], image_size=square_size("vilt", c, "image_size"),
+                 patch_size=square_size("vilt", c, "patch_size"),
                  num_types=c["modality_type_vocab_size"], width=c["hidden_size"], depth=c["num_hidden_layers"],
                  num_heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"], ln_eps=c["layer_norm_eps"],
                  act=_act(c["hidden_act"]), qkv_bias=c.get("qkv_bias", True),
@@ -150,9 +151,16 @@ def _bridgetower_config(c: Mapping[str, Any], shapes: Mapping[str, tuple[int, ..
         raise ValueError("BridgeTower's cross-modal layers take the text width; it must equal hidden_size")
     if (c.get("hidden_act", "gelu"), c.get("layer_norm_eps", 1e-5)) != (tc["hidden_act"], tc["layer_norm_eps"]):
         raise ValueError("the MLM head's activation/eps (top-level config) must equal the text config's")
+    if vc["num_hidden_layers"] != tc["num_hidden_layers"]:
+        # HF runs the vision tower only as deep as the text tower and bridges those layers; vlfm bridges
+        # the top layers of each tower, so unequal depths would load into a different network.
+        raise ValueError(f"bridgetower: vision depth {vc['num_hidden_layers']} differs from text depth "
+                         f"{tc['num_hidden_layers']}; HF then skips the top vision layers, which vlfm does not "
+                         f"reproduce (equal depths are supported)")
     prefix = _prefix(keys, "bridgetower.")
     width = vc["hidden_size"]
-    image = dict(name="vit", image_size=vc["image_size"], patch_size=vc["patch_size"], width=width,
+    image = dict(name="vit", image_size=square_size("bridgetower vision", vc, "image_size"),
+                 patch_size=square_size("bridgetower vision", vc, "patch_size"), width=width,
                  depth=vc["num_hidden_layers"], num_heads=width // 64, mlp_dim=4 * width, pre_norm=True,
                  patch_bias=False, ln_eps=vc["layer_norm_eps"], act="quick_gelu", scan=scan)
     text = dict(name="bert", vocab_size=tc["vocab_size"], max_len=tc["max_position_embeddings"],
