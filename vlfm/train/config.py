@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 
 import vlfm
 from vlfm.core.provenance import code_commit
+from vlfm.train.config_values import check_values
 from vlfm.train.schema import MISSING, ConfigError, Key, Section, config_schema, is_section, unknown_key_error, validate
 
 __all__ = ["ConfigError", "apply_override", "apply_overrides", "base_config", "config_from_record", "config_record",
@@ -73,8 +74,10 @@ def schema() -> Section:
 
 
 def validate_config(config: ConfigDict) -> None:
-    """Fails (ConfigError, naming the valid keys) on any key no schema accepts, in every section."""
+    """Fails (ConfigError, naming the valid keys) on any key no schema accepts, in every section, and
+    (naming the key) on any value outside its key's range (``vlfm.train.config_values``)."""
     validate(config, schema())
+    check_values(config)
 
 
 check_keys = validate_config  # the name the trainer used before the schema covered every section
