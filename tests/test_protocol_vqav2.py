@@ -147,3 +147,27 @@ def test_vocabulary_from_training_annotations(tmp_path):
     data = {k: v for k, v in data.items() if k != "answers"}
     bundle = build_dataset(dict(data, vocabulary_annotations=data["annotations"], num_answers=3), "validation")
     assert bundle.info["answers"] == ["no", "yes", "blue"]  # 10, 10, 8 of all forty answers; ties alphabetical
+
+
+def test_builtin_vqa_with_annotator_answers():
+    """The built-in VQA data offers its ten simulated answers, so the official rule runs on it too; its
+    soft targets are unchanged (min(1, n / 3) of the same answers)."""
+    data = dict(name="shapes_vqa", num_examples=24, image_size=8)
+    plain = build_dataset(data, "validation")
+    bundle = build_dataset(dict(data, annotations=True), "validation")
+    answers = bundle.info["answers"]
+    for i in range(24):
+        given = bundle.info["annotator_answers"](i)
+        counts = np.array([given.count(a) for a in answers])
+        np.testing.assert_allclose(plain.examples[i]["vqa_targets"], np.minimum(1, counts / 3))
+        np.testing.assert_allclose(bundle.examples[i]["vqa_targets"], plain.examples[i]["vqa_targets"])
+        assert bundle.examples[i]["index"] == i
+
+    yes = answers.index("yes")
+    always_yes = lambda p, b: np.eye(len(answers))[np.full(len(b["image"]), yes)]  # noqa: E731
+    got = dict(EVALUATORS.get("vqav2")({"vqa_logits": always_yes}, data=dict(data, annotations=True),
+                                       batch_size=16).run(None))
+    n = np.array([bundle.info["annotator_answers"](i).count("yes") for i in range(24)])
+    leave_one_out = (n * np.minimum(1, (n - 1) / 3) + (10 - n) * np.minimum(1, n / 3)) / 10
+    assert n.max() > 0 and got["accuracy"] == pytest.approx(leave_one_out.mean())
+    assert got["accuracy_other"] == 0.0 and "accuracy_number" not in got
