@@ -171,3 +171,12 @@ def test_builtin_vqa_with_annotator_answers():
     leave_one_out = (n * np.minimum(1, (n - 1) / 3) + (10 - n) * np.minimum(1, n / 3)) / 10
     assert n.max() > 0 and got["accuracy"] == pytest.approx(leave_one_out.mean())
     assert got["accuracy_other"] == 0.0 and "accuracy_number" not in got
+
+
+def test_vqa_vocab_command(tmp_path, capsys):
+    from vlfm.data.__main__ import main
+
+    data = _write_vqav2(tmp_path)
+    out = tmp_path / "vocab.json"
+    main(["vqa-vocab", "--annotations", data["annotations"], "--size", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == ["no", "yes", "blue", "3"]
