@@ -78,6 +78,9 @@ def test_training_targets_are_each_answers_official_accuracy():
     vocab = {"red": 0, "blue": 1, "green": 2}
     scores = answer_scores(["red"] * 3 + ["blue"] * 6 + ["pink"], vocab)
     assert scores == pytest.approx({0: 0.9, 1: 1.0})  # pink is not in the vocabulary, green was not given
+    assert answer_scores(["Red."] * 2 + ["blue"] * 8, vocab) == pytest.approx({0: 0.6, 1: 1.0})
+    # unanimous answers are normalised too (the server would compare "Two" as given)
+    assert answer_scores(["Two"] * 10, {"2": 0}) == pytest.approx({0: 1.0})
 
 
 def _write_vqav2(tmp_path):

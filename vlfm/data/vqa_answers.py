@@ -133,12 +133,14 @@ def answer_vocabulary(annotations: Iterable[dict], size: int = 3129, field: str 
 
 
 def answer_scores(annotator_answers: Sequence[str], vocabulary: dict[str, int]) -> dict[int, float]:
-    """Training targets: for every vocabulary answer some annotator gave, its ``vqa_accuracy`` (so the
-    best-scoring class is the best answer the metric can give), as ``{vocabulary index: score}``."""
+    """Training targets: for every vocabulary answer some annotator gave, its leave-one-out accuracy
+    (``min(#matching / 3, 1)`` averaged over the subsets that leave one annotator out), with every answer
+    normalised, as ``{vocabulary index: score}``. Unlike the server, this normalises unanimous answers too,
+    so a question all annotators answered "two" targets the vocabulary's "2"."""
+    given = [normalize_answer(a) for a in annotator_answers]
     out: dict[int, float] = {}
-    for candidate in {normalize_answer(a) for a in annotator_answers}:
+    for candidate in set(given):
         if candidate in vocabulary:
-            score = vqa_accuracy(candidate, annotator_answers)
-            if score > 0:
-                out[vocabulary[candidate]] = score
+            n, m = given.count(candidate), len(given)
+            out[vocabulary[candidate]] = (n * min(1.0, (n - 1) / 3) + (m - n) * min(1.0, n / 3)) / m
     return out
