@@ -2,11 +2,16 @@
 case where averaging raw embeddings gives another class), top-k with ties, and the evaluator on the
 built-in data with its own class names."""
 
+import io
+import re
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from vlfm.data import shapes
 from vlfm.data.pipeline import build_dataset, eval_arrays
+from vlfm.data.tokenizers import build_tokenizer
 from vlfm.evaluators import EVALUATORS
 from vlfm.evaluators.imagenet_metadata import CLIP_IMAGENET_TEMPLATES, IMAGENET_CLASS_NAMES
 from vlfm.evaluators.zeroshot import CLIP_IMAGENET_SIMPLE_TEMPLATES, ensemble_class_embeddings, topk_accuracy
@@ -92,3 +97,61 @@ def test_evaluator_on_builtin_data_with_its_class_names():
         EVALUATORS.get("clip_zeroshot")(fns, data=data, class_names="imagenet")
     with pytest.raises(ValueError, match="unknown templates"):
         EVALUATORS.get("clip_zeroshot")(fns, data=data, templates="clip_imagenet_80")
+
+
+def test_imagenet_names_on_a_prepared_tfds_dataset(tmp_path):
+    """A TFDS dataset like imagenet2012 (1,000-class label, synset-style names, no text field), written
+    here without TensorFlow: class_names="imagenet" replaces the synset names, the evaluator's own
+    tokenizer encodes the prompts. The image encoder returns the ensembled embedding of the image's class
+    (computed here), so every image must be classified right; the two "missile" classes tie, and a tie
+    counts against the model."""
+    import tensorflow_datasets as tfds  # heavy: imported where used, as the TFDS source does
+
+    labels = [0, 1, 207, 999, 657, 744]
+
+    class VlfmToyImagenet(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                "label": tfds.features.ClassLabel(names=[f"n{i:08d}" for i in range(1000)])}))
+
+        def _split_generators(self, dl_manager):
+            return {"validation": self._generate_examples()}
+
+        def _generate_examples(self):
+            for k, label in enumerate(labels):
+                pixels = np.zeros((4, 4, 3), np.uint8)
+                pixels[..., 0], pixels[..., 1] = label % 256, label // 256
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="PNG")
+                yield k, {"image": buf.getvalue(), "label": label}
+
+    VlfmToyImagenet(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    texts = [t.format(n) for n in IMAGENET_CLASS_NAMES for t in CLIP_IMAGENET_SIMPLE_TEMPLATES]
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    tokenizer_cfg = dict(kind="wordpiece", path=str(vocab))
+    tokenizer = build_tokenizer(**tokenizer_cfg)
+    table = np.random.default_rng(5).normal(size=(tokenizer.vocab_size, 32)).astype(np.float32)
+
+    def encode_text(params, batch):
+        return (table[batch["text"]] * batch["text_mask"][..., None]).sum(1)
+
+    tokens = tokenizer.encode_batch(texts, 32)
+    prompts = encode_text(None, {"text": tokens["ids"], "text_mask": tokens["mask"]}).reshape(1000, 7, 32)
+    classes = ensemble_class_embeddings(prompts)
+
+    def encode_image(params, batch):
+        rgb = np.rint((batch["image"][:, 0, 0, :2] * 0.5 + 0.5) * 255).astype(int)
+        return classes[rgb[:, 0] + 256 * rgb[:, 1]]
+
+    data = dict(name="tfds", tfds_name="vlfm_toy_imagenet", data_dir=str(tmp_path),
+                image=dict(size=4, eval_crop="resize", mean_std="half"), label=dict(key="label"))
+    got = dict(EVALUATORS.get("clip_zeroshot")(
+        {"encode_image": encode_image, "encode_text": encode_text}, data=data, view=None, class_names="imagenet",
+        templates="clip_imagenet_simple", tokenizer=tokenizer_cfg, max_len=32, batch_size=512).run(None))
+    assert got["num_classes"] == 1000 and got["num_templates"] == 7
+    assert got["accuracy"] == pytest.approx(4 / 6) and got["top5_accuracy"] == 1.0

@@ -66,7 +66,8 @@ def _contractions() -> dict[str, str]:
 
 CONTRACTIONS: dict[str, str] = _contractions()
 
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the official pattern: (?!<=\d) is a look-ahead, so any "." not before a digit
+# The official pattern: its (?!<=\d) is a look-ahead (a typo for a look-behind), so any "." not before a digit.
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 
 

@@ -94,7 +94,8 @@ class ClipZeroShotEvaluator:
         elif "tokenizer" in info:
             tok = info["tokenizer"]
         else:
-            raise ValueError(f"the data {self.bundle.name} has no tokenizer: give the evaluator tokenizer=dict(kind=...)")
+            raise ValueError(f"the data {self.bundle.name} has no tokenizer: give the evaluator "
+                             "tokenizer=dict(kind=...)")
         max_len = int(max_len or info.get("max_len") or 77)
         tokens = tok.encode_batch([p for per_class in prompts for p in per_class], max_len)
         self.prompts = {"text": tokens["ids"], "text_mask": tokens["mask"]}
@@ -116,7 +117,8 @@ class ClipZeroShotEvaluator:
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         zt = predict_all(self.encode_text, params, self.prompts, self.batch_size)
-        classes = ensemble_class_embeddings(np.asarray(zt, np.float32).reshape(self.num_classes, self.num_templates, -1))
+        zt = np.asarray(zt, np.float32).reshape(self.num_classes, self.num_templates, -1)
+        classes = ensemble_class_embeddings(zt)
         out = predict_split({"zi": lambda p, b: self.encode_image(p, {"image": b["image"]}),
                              "label": lambda p, b: b["label"]}, params,
                             eval_examples(self.bundle, self.num_examples), self.batch_size)
