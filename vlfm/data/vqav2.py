@@ -11,7 +11,6 @@ file instead of scoring.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
