@@ -70,6 +70,8 @@ class MultiCaptionRetrievalEvaluator:
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256, captions_per_image: int | None = 5,
                  view: str | None = "captions"):
+        if captions_per_image is not None and captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be >= 1 or None (all), got {captions_per_image}")
         self.encode_image = predict_fns["encode_image"]
         self.encode_text = predict_fns["encode_text"]
         self.bundle = build_dataset(dict(data) if view is None else dict(data, view=view), split)
