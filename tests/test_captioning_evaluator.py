@@ -30,7 +30,7 @@ TOKENIZER = WordTokenizer.for_shapes()
 def _model():
     model = TinyCaptioner(vocab_size=TOKENIZER.vocab_size, max_len=DATA["max_len"], width=16)
     batch = {"image": jnp.zeros((1, 8, 8, 3)), "text": jnp.zeros((1, DATA["max_len"]), jnp.int32)}
-    return model, model.init(jax.random.key(3), batch)["params"]
+    return model, jax.jit(model.init)(jax.random.key(3), batch)["params"]
 
 
 def _evaluator(fns, **kwargs):
