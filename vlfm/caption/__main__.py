@@ -1,37 +1,59 @@
 """``python -m vlfm.caption --config configs/NAME.py[:arg] [--config.a.b=value ...] --params DIR
-[--method=beam --beam_size=4 ...] [--seed N] IMAGE [IMAGE ...]``.
+[--decode key=value ...] [--seed N] [--batch_size N] IMAGE [IMAGE ...]``.
 
-Prints one line per image: its path, a tab, its caption. Decoding options are the ``GenerateConfig`` fields
-(``--method``, ``--max_length``, ``--beam_size``, ``--length_penalty``, ``--temperature``, ``--top_k``,
-``--top_p``, ...); they override the config's captioning eval's ``generate`` options. Exit status 2 for a
-bad command line, config, weights or image file.
+Prints one line per image, in the order given: its path, a tab, its caption. ``--decode`` sets one
+``GenerateConfig`` field (``method=beam``, ``beam_size=4``, ``max_length=12``, ``temperature=0.7``, ...;
+repeat it for several); it overrides the config's captioning eval's ``generate`` options. Greedy by
+default. Exit status 2, with nothing printed, for a bad command line, config, decoding option, weights or
+image file (a missing or undecodable one is named).
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import logging
 import sys
+from typing import Any
 
+from vlfm.caption import ImageFileError, OptionError, caption_images
+from vlfm.evaluate import WeightsError
 from vlfm.models.decoding import GenerateConfig
+from vlfm.train.config import ConfigError, load_config
 
-OPTIONS = tuple(f.name for f in dataclasses.fields(GenerateConfig))
+FIELDS = {f.name: f.type for f in dataclasses.fields(GenerateConfig)}
 USAGE = ("usage: python -m vlfm.caption --config configs/NAME.py[:arg] [--config.a.b=value ...] --params DIR "
-         "[--OPTION=VALUE ...] [--seed N] IMAGE [IMAGE ...]\n"
-         f"  decoding options: {', '.join('--' + o for o in OPTIONS)}")
+         "[--decode key=value ...] [--seed N] [--batch_size N] IMAGE [IMAGE ...]\n"
+         f"  decoding options (--decode): {', '.join(FIELDS)}")
+VALUE_FLAGS = ("--config", "--params", "--decode", "--seed", "--batch_size")
 
 
-def _value(text: str):
-    """``beam`` stays a string; ``4``, ``0.9``, ``None`` become Python values."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def parse_decode(items: list[str]) -> dict[str, Any]:
+    """``["method=beam", "beam_size=4"]`` -> ``{"method": "beam", "beam_size": 4}``, typed as the
+    ``GenerateConfig`` fields (``None`` for an optional one); an unknown key fails naming the valid ones."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise OptionError(f"--decode {item!r}: expected key=value")
+        if key not in FIELDS:
+            raise OptionError(f"unknown decoding option {key!r}; valid: {', '.join(FIELDS)}")
+        kind = str(FIELDS[key])
+        try:
+            if "None" in kind and text.lower() in ("none", "null"):
+                out[key] = None
+            elif kind.startswith("int"):
+                out[key] = int(text)
+            elif kind.startswith("float"):
+                out[key] = float(text)
+            else:
+                out[key] = text
+        except ValueError:
+            raise OptionError(f"--decode {item!r}: {key} must be of type {kind}") from None
+    return out
 
 
 def parse_args(argv: list[str]) -> dict:
-    args: dict = {"overrides": [], "options": {}, "images": [], "seed": 0}
+    args: dict = {"overrides": [], "decode": [], "images": []}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -43,19 +65,16 @@ def parse_args(argv: list[str]) -> dict:
             i += 1
             continue
         name, eq, value = arg.partition("=")
-        flag = name[2:]
-        if name not in ("--config", "--params", "--seed") and not name.startswith("--config.") and flag not in OPTIONS:
-            raise SystemExit(f"unknown argument {arg!r}; valid decoding options: {', '.join(OPTIONS)}\n{USAGE}")
+        if name not in VALUE_FLAGS and not name.startswith("--config."):
+            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
         if not eq:
             if i + 1 >= len(argv):
                 raise SystemExit(f"{name} needs a value\n{USAGE}")
             value, i = argv[i + 1], i + 1
         if name.startswith("--config."):
             args["overrides"].append(f"{name[len('--config.'):]}={value}")
-        elif flag in OPTIONS:
-            args["options"][flag] = _value(value)
-        elif flag == "seed":
-            args["seed"] = int(value)
+        elif name == "--decode":
+            args["decode"].append(value)
         else:
             if name in args:
                 raise SystemExit(f"{name} is given twice\n{USAGE}")
@@ -66,6 +85,11 @@ def parse_args(argv: list[str]) -> dict:
             raise SystemExit(f"{required} is required\n{USAGE}")
     if not args["images"]:
         raise SystemExit(f"give at least one image file\n{USAGE}")
+    for flag in ("--seed", "--batch_size"):
+        try:
+            args[flag] = int(args.get(flag, 0 if flag == "--seed" else 8))
+        except ValueError:
+            raise SystemExit(f"{flag} takes an integer, got {args[flag]!r}\n{USAGE}") from None
     return args
 
 
@@ -74,19 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from vlfm.caption import ImageFileError, caption_images
-    from vlfm.train.config import ConfigError, load_config
-
-    try:
-        GenerateConfig.from_dict(args["options"])  # a bad value fails before anything is loaded
+    try:  # a bad option fails before anything is loaded
+        options = parse_decode(args["decode"])
+        GenerateConfig.from_dict(options)
     except ValueError as e:
-        print(f"error: decoding options: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         config = load_config(args["--config"], args["overrides"])
-        captions = caption_images(config, args["--params"], args["images"], args["options"], seed=args["seed"])
-    except (ConfigError, FileNotFoundError, ImageFileError) as e:  # anything else keeps its traceback
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        captions = caption_images(config, args["--params"], args["images"], options, seed=args["--seed"],
+                                  batch_size=args["--batch_size"])
+    except (ConfigError, FileNotFoundError, ImageFileError, OptionError, WeightsError) as e:
+        # anything else keeps its traceback
+        print(f"error: {e}", file=sys.stderr)
         return 2
     for path, caption in zip(args["images"], captions):
         print(f"{path}\t{caption}")

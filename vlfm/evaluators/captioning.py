@@ -54,6 +54,8 @@ class CaptioningEvaluator:
     for ``method="sample"``.
     """
 
+    CONFIG_SECTIONS = {"generate": GenerateConfig}  # config keys under ``generate`` are checked at load
+
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 64, generate: Mapping[str, Any] | None = None,
                  num_references: int = 5, inputs: Sequence[str] = ("image",), view: str | None = "captions",
