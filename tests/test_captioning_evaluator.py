@@ -19,6 +19,7 @@ from vlfm.data.pipeline import build_dataset, eval_arrays
 from vlfm.data.tokenizers import WordTokenizer
 from vlfm.evaluators import EVALUATORS
 from vlfm.evaluators.caption_metrics import bleu, cider_d, tokenize
+from vlfm.evaluators.captioning import with_view
 from vlfm.models.decoding import GenerateConfig, generate
 from vlfm.train.config import ConfigError, apply_overrides, base_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns
@@ -146,3 +147,10 @@ def test_a_config_names_the_evaluator_with_its_options():
     c.evals.caption.generate.beam_szie = 3
     with pytest.raises(ConfigError, match=r"evals.caption.generate.beam_szie.*valid keys: beam_size, bos_id"):
         validate_config(c)
+
+    # Data without views (webdataset shards, ...) is read as configured unless a view is asked for.
+    shards = dict(name="webdataset", urls="shards-{000..009}.tar")
+    assert with_view(shards, "captions") == shards == with_view(shards, None)
+    assert with_view(DATA, "captions") == dict(DATA, view="captions")
+    with pytest.raises(ValueError, match="'webdataset' has no views"):
+        with_view(shards, "pairs")
