@@ -38,8 +38,7 @@ def test_a_caption_longer_than_the_decoder_is_truncated_not_an_error():
     # Teacher forcing over the whole (truncated) row fits the decoder's positions; every label counts.
     model = TinyCaptioner(vocab_size=TOKENIZER.vocab_size, max_len=MAX_LEN, width=16)
     inputs = {"image": jnp.asarray(batch["image"]), "text": jnp.asarray(text)}
-    params = jax.jit(model.init)(jax.random.key(0), inputs)["params"]
-    logits = jax.jit(model.apply)({"params": params}, inputs)["logits"]
+    logits = jax.jit(model.init_with_output)(jax.random.key(0), inputs)[0]["logits"]  # one compile
     outputs = {"caption_logits": logits[:, :-1], "caption_labels": jnp.asarray(text[:, 1:])}
     loss, metrics = LOSSES.get("caption_ce")(outputs, {}, pad_id=TOKENIZER.pad_id)
     want = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), jnp.asarray(text[:, 1:])[..., None], -1).mean()
