@@ -100,6 +100,8 @@ def test_caption_command_errors(setup, capsys):
     assert rc == 2 and "beam_szie" in err and "valid: method, max_length" in err and "beam_size" in err
     rc, _, err = _run(capsys, *base, "--decode", "method=bean", paths[0])
     assert rc == 2 and "unknown generation method 'bean'" in err
+    rc, _, err = _run(capsys, *base, "--decode", "max_length=16", paths[0])
+    assert rc == 2 and f"exceeds the decoder's {MAX_LEN} positions" in err
     rc, _, err = _run(capsys, *base, "--decode", "top_k=many", paths[0])
     assert rc == 2 and "top_k must be of type int" in err
     with pytest.raises(SystemExit, match="unknown argument '--beam_size=3'"):

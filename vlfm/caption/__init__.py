@@ -97,6 +97,16 @@ def decode_options(config: ml_collections.ConfigDict, info: Mapping[str, Any],
     return opts
 
 
+def check_length(model: nn.Module, options: Mapping[str, Any]) -> None:
+    """Fails (before any weights are read) when BOS + ``max_length`` tokens exceed the decoder's positions
+    (``max_positions``, else the model's ``max_decode_length``), as generation itself would."""
+    config = GenerateConfig.from_dict(options)
+    limit = config.max_positions or getattr(model, "max_decode_length", None)
+    if limit is not None and config.max_length + 1 > limit:
+        raise OptionError(f"decoding options: max_length {config.max_length} + BOS exceeds the decoder's {limit} "
+                          "positions: ask for fewer tokens")
+
+
 def caption_images(config: ml_collections.ConfigDict, params_dir: str, paths: Sequence[str],
                    options: Mapping[str, Any] | None = None, *, seed: int = 0, batch_size: int = 8) -> list[str]:
     """One caption per image file, in order. ``options`` (``GenerateConfig`` fields) override the config's
@@ -121,6 +131,7 @@ def caption_images(config: ml_collections.ConfigDict, params_dir: str, paths: Se
     mesh = make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
+    check_length(model, opts)
     tokenizer = info["tokenizer"]
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         fns = make_predict_fns(model, mesh)
