@@ -1,6 +1,7 @@
 """``python -m vlfm.caption``: a tiny generative model's params export and two PNG files written here give
-the captions that generating from the same pixels by hand gives, the same on every run; the config's
-captioning options are the defaults that ``--decode`` overrides; bad files and options fail naming them."""
+the captions that generating from the same pixels by hand gives, the same again from the workdir; the
+config's captioning options are the defaults that ``--decode`` overrides; bad files and options fail
+naming them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from vlfm.core.tree import strip_boxes
 from vlfm.data import shapes
 from vlfm.data.tokenizers import WordTokenizer
 from vlfm.models.decoding import GenerateConfig, generate
+from vlfm.train.config import load_config, save_workdir_config
 
 TOKENIZER = WordTokenizer.for_shapes()
 MAX_LEN, SIZE = 16, 8
@@ -44,7 +46,8 @@ def setup(tmp_path_factory):
     model = TinyCaptioner(vocab_size=TOKENIZER.vocab_size, max_len=MAX_LEN, width=16)
     batch = {"image": jnp.zeros((1, SIZE, SIZE, 3)), "text": jnp.zeros((1, MAX_LEN), jnp.int32)}
     params = strip_boxes(jax.jit(model.init)(jax.random.key(5), batch)["params"])  # as the trainer exports them
-    export_params(params, str(root / "params"))
+    export_params(params, str(root / "wd" / "params"))  # a training workdir: its params export and config
+    save_workdir_config(load_config(str(root / "tiny.py")), root / "wd")
     images = shapes.generate("validation", 2, image_size=SIZE)["image"]
     paths = []
     for i, image in enumerate(images):
@@ -70,13 +73,13 @@ def _by_hand(model, params, images, **options):
 
 def test_caption_command_prints_the_models_captions_for_image_files(setup, capsys):
     root, model, params, images, paths = setup
-    base = ["--config", str(root / "tiny.py"), "--params", str(root / "params")]
+    base = ["--config", str(root / "tiny.py"), "--params", str(root / "wd" / "params")]
     rc, out, err = _run(capsys, *base, *paths)
     assert rc == 0, err
     greedy = _by_hand(model, params, images, max_length=9)  # greedy; max_length from the config's eval
     assert out.splitlines() == [f"{p}\t{TOKENIZER.decode(ids)}" for p, ids in zip(paths, greedy)]
     assert any(TOKENIZER.decode(ids).split() for ids in greedy)
-    assert _run(capsys, *base, *paths)[1] == out  # deterministic
+    assert _run(capsys, "--workdir", str(root / "wd"), *paths)[1] == out  # its saved config; deterministic
 
     # --decode wins over the config's options (here set by a --config override): greedy's first 3 tokens.
     rc, out, err = _run(capsys, *base, "--config.evals.captioning.generate.max_length=12", "--decode",
@@ -88,7 +91,7 @@ def test_caption_command_prints_the_models_captions_for_image_files(setup, capsy
 
 def test_caption_command_errors(setup, capsys):
     root, _, _, _, paths = setup
-    base = ["--config", str(root / "tiny.py"), "--params", str(root / "params")]
+    base = ["--config", str(root / "tiny.py"), "--params", str(root / "wd" / "params")]
     rc, out, err = _run(capsys, *base, paths[0], str(root / "missing.png"))
     assert rc == 2 and not out and "no image file" in err and "missing.png" in err
     rc, _, err = _run(capsys, "--config", str(root / "tiny.py"), "--params", str(root / "nowhere"), paths[0])
@@ -106,5 +109,7 @@ def test_caption_command_errors(setup, capsys):
     assert rc == 2 and "top_k must be of type int" in err
     with pytest.raises(SystemExit, match="unknown argument '--beam_size=3'"):
         main([*base, "--beam_size=3", paths[0]])
+    with pytest.raises(SystemExit, match="exactly one of --params, --workdir"):
+        main([*base, "--workdir", str(root / "wd"), paths[0]])
     assert parse_decode(["max_positions=None", "temperature=2", "method=sample"]) == dict(
         max_positions=None, temperature=2.0, method="sample")

@@ -1,8 +1,9 @@
 """Captioning image files with a trained generative model (``python -m vlfm.caption``).
 
 The model comes from the config, its weights from a params export (``export_params``, as the trainer
-writes it to ``WORKDIR/params``), loaded onto the model's shardings as ``python -m vlfm.evaluate`` loads
-them: every parameter of the model must be in the export. Images are prepared as the config's data
+writes it to ``WORKDIR/params``) or a training workdir (its latest checkpoint, else its params export),
+loaded onto the model's shardings as ``python -m vlfm.evaluate`` loads them: every parameter of the model
+must be in the weights. Images are prepared as the config's data
 prepares evaluation images (the dataset's ``info["preprocess_image"]``: the built-in shapes data squashes
 to its ``image_size`` and scales to [-1, 1]; image fields resize or centre-crop and normalise with their
 ``eval_crop``), and generated ids become words with the data's own tokenizer.
@@ -107,15 +108,17 @@ def check_length(model: nn.Module, options: Mapping[str, Any]) -> None:
                           "positions: ask for fewer tokens")
 
 
-def caption_images(config: ml_collections.ConfigDict, params_dir: str, paths: Sequence[str],
+def caption_images(config: ml_collections.ConfigDict, weights: Mapping[str, str] | str, paths: Sequence[str],
                    options: Mapping[str, Any] | None = None, *, seed: int = 0, batch_size: int = 8) -> list[str]:
-    """One caption per image file, in order. ``options`` (``GenerateConfig`` fields) override the config's
-    captioning options; ``seed`` is for ``method="sample"`` (each batch folds in its first row's number)."""
+    """One caption per image file, in order. ``weights``: a params export directory, or a source as
+    ``vlfm.evaluate.weights_source`` gives it (``{"params" | "checkpoint" | "hf": path}``). ``options``
+    (``GenerateConfig`` fields) override the config's captioning options; ``seed`` is for
+    ``method="sample"`` (each batch folds in its first row's number)."""
     validate_config(config)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_files(paths)
-    source = weights_source("params", params_dir)
+    source = weights_source("params", weights) if isinstance(weights, str) else dict(weights)
     data, split, _ = captioning_setup(config)
     bundle = build_dataset(data, split)
     info = bundle.info

@@ -1,11 +1,13 @@
-"""``python -m vlfm.caption --config configs/NAME.py[:arg] [--config.a.b=value ...] --params DIR
-[--decode key=value ...] [--seed N] [--batch_size N] IMAGE [IMAGE ...]``.
+"""``python -m vlfm.caption [--config configs/NAME.py[:arg]] [--config.a.b=value ...] (--params DIR |
+--workdir DIR) [--decode key=value ...] [--seed N] [--batch_size N] IMAGE [IMAGE ...]``.
 
-Prints one line per image, in the order given: its path, a tab, its caption. ``--decode`` sets one
-``GenerateConfig`` field (``method=beam``, ``beam_size=4``, ``max_length=12``, ``temperature=0.7``, ...;
-repeat it for several); it overrides the config's captioning eval's ``generate`` options. Greedy by
-default. Exit status 2, with nothing printed, for a bad command line, config, decoding option, weights or
-image file (a missing or undecodable one is named).
+Prints one line per image, in the order given: its path, a tab, its caption. The weights are a params
+export (``--params``) or a training workdir's latest checkpoint, else its params export (``--workdir``,
+as ``python -m vlfm.evaluate`` reads it); without ``--config`` the workdir's saved config is used.
+``--decode`` sets one ``GenerateConfig`` field (``method=beam``, ``beam_size=4``, ``max_length=12``,
+``temperature=0.7``, ...; repeat it for several); it overrides the config's captioning eval's
+``generate`` options. Greedy by default. Exit status 2, with nothing printed, for a bad command line,
+config, decoding option, weights or image file (a missing or undecodable one is named).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import sys
 from typing import Any
 
 from vlfm.caption import ImageFileError, OptionError, caption_images
-from vlfm.evaluate import WeightsError
+from vlfm.evaluate import WeightsError, obtain_config, weights_source
 from vlfm.models.decoding import GenerateConfig
-from vlfm.train.config import ConfigError, load_config
+from vlfm.train.config import ConfigError
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(GenerateConfig)}
-USAGE = ("usage: python -m vlfm.caption --config configs/NAME.py[:arg] [--config.a.b=value ...] --params DIR "
-         "[--decode key=value ...] [--seed N] [--batch_size N] IMAGE [IMAGE ...]\n"
+USAGE = ("usage: python -m vlfm.caption [--config configs/NAME.py[:arg]] [--config.a.b=value ...] "
+         "(--params DIR | --workdir DIR) [--decode key=value ...] [--seed N] [--batch_size N] IMAGE [IMAGE ...]\n"
+         "  without --config, --workdir's saved config (WORKDIR/config.json) is used\n"
          f"  decoding options (--decode): {', '.join(FIELDS)}")
-VALUE_FLAGS = ("--config", "--params", "--decode", "--seed", "--batch_size")
+VALUE_FLAGS = ("--config", "--params", "--workdir", "--decode", "--seed", "--batch_size")
 
 
 def parse_decode(items: list[str]) -> dict[str, Any]:
@@ -80,9 +83,11 @@ def parse_args(argv: list[str]) -> dict:
                 raise SystemExit(f"{name} is given twice\n{USAGE}")
             args[name] = value
         i += 1
-    for required in ("--config", "--params"):
-        if required not in args:
-            raise SystemExit(f"{required} is required\n{USAGE}")
+    weights = [f for f in ("--params", "--workdir") if f in args]
+    if len(weights) != 1:
+        raise SystemExit(f"give exactly one of --params, --workdir (got {', '.join(weights) or 'none'})\n{USAGE}")
+    if "--config" not in args and "--workdir" not in args:
+        raise SystemExit(f"give --config (or --workdir, whose saved config is used)\n{USAGE}")
     if not args["images"]:
         raise SystemExit(f"give at least one image file\n{USAGE}")
     for flag in ("--seed", "--batch_size"):
@@ -105,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        config = load_config(args["--config"], args["overrides"])
-        captions = caption_images(config, args["--params"], args["images"], options, seed=args["--seed"],
+        config = obtain_config(args.get("--config"), args["overrides"], workdir=args.get("--workdir"))
+        weights = weights_source(*(("params", args["--params"]) if "--params" in args
+                                   else ("workdir", args["--workdir"])))
+        captions = caption_images(config, weights, args["images"], options, seed=args["--seed"],
                                   batch_size=args["--batch_size"])
     except (ConfigError, FileNotFoundError, ImageFileError, OptionError, WeightsError) as e:
         # anything else keeps its traceback
