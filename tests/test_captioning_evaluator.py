@@ -8,6 +8,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -18,8 +19,10 @@ from vlfm.data.pipeline import build_dataset, eval_arrays
 from vlfm.data.tokenizers import WordTokenizer
 from vlfm.evaluators import EVALUATORS
 from vlfm.evaluators.caption_metrics import bleu, cider_d, tokenize
+from vlfm.evaluators.captioning import with_view
 from vlfm.models.decoding import GenerateConfig, generate
-from vlfm.train.evaluation import make_predict_fns
+from vlfm.train.config import ConfigError, apply_overrides, base_config, validate_config
+from vlfm.train.evaluation import build_evaluators, make_predict_fns
 
 DATA = dict(name="shapes", num_examples=24, image_size=8, max_objects=2, max_len=shapes.max_caption_words(2) + 2)
 N, REFS = 20, 3  # 20 examples in batches of 8: the last batch is padded
@@ -30,7 +33,7 @@ TOKENIZER = WordTokenizer.for_shapes()
 def _model():
     model = TinyCaptioner(vocab_size=TOKENIZER.vocab_size, max_len=DATA["max_len"], width=16)
     batch = {"image": jnp.zeros((1, 8, 8, 3)), "text": jnp.zeros((1, DATA["max_len"]), jnp.int32)}
-    return model, model.init(jax.random.key(3), batch)["params"]
+    return model, jax.jit(model.init)(jax.random.key(3), batch)["params"]
 
 
 def _evaluator(fns, **kwargs):
@@ -118,3 +121,36 @@ def test_an_unknown_decoding_option_fails_naming_the_valid_ones():
         _evaluator({"generate": None}, generate={"method": "beam", "beam_szie": 3})
     with pytest.raises(ValueError, match="unknown generation method 'bean'"):
         _evaluator({"generate": None}, generate={"method": "bean"})
+
+
+def test_a_config_names_the_evaluator_with_its_options():
+    """``config.evals`` entry -> the evaluator, as the trainer and ``vlfm.evaluate`` build it: decoding options,
+    references, split and example count reach it; a decoding typo fails when the config is loaded."""
+    c = base_config()
+    c.data = ml_collections.ConfigDict(dict(DATA, batch_size=8))
+    c.evals = ml_collections.ConfigDict(dict(caption=dict(
+        type="captioning", split="train", num_examples=N, batch_size=8, num_references=REFS, every=50,
+        generate=dict(method="beam", beam_size=2))))
+    apply_overrides(c, ["evals.caption.generate.length_penalty=0", "evals.caption.generate.max_length=7"])
+    assert c.evals.caption.generate.length_penalty == 0.0 and isinstance(c.evals.caption.generate.length_penalty,
+                                                                         float)
+    arrays = eval_arrays(build_dataset(dict(DATA, view="captions"), "train"), N)
+    refs = [shapes.reference_captions("train", int(i), REFS, 2) for i in arrays["index"]]
+    fn, calls = _oracle(arrays, [r[-1] for r in refs])  # pixels of another split would not be found
+    (evaluator, every), = build_evaluators(c, {"generate": fn}).values()
+    metrics = dict(evaluator.run(None))
+    assert every == 50 and metrics["bleu_4"] == pytest.approx(1.0, abs=1e-6)
+    assert len(calls) == -(-N // 8) and calls[0][1] == dict(
+        bos_id=TOKENIZER.bos_id, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, max_length=7, method="beam",
+        beam_size=2, length_penalty=0.0)
+    assert evaluator.captions(None)[1] == refs  # N examples of the split, REFS references each
+    c.evals.caption.generate.beam_szie = 3
+    with pytest.raises(ConfigError, match=r"evals.caption.generate.beam_szie.*valid keys: beam_size, bos_id"):
+        validate_config(c)
+
+    # Data without views (webdataset shards, ...) is read as configured unless a view is asked for.
+    shards = dict(name="webdataset", urls="shards-{000..009}.tar")
+    assert with_view(shards, "captions") == shards == with_view(shards, None)
+    assert with_view(DATA, "captions") == dict(DATA, view="captions")
+    with pytest.raises(ValueError, match="'webdataset' has no views"):
+        with_view(shards, "pairs")

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import errno
 import shutil
 import signal
 import subprocess
@@ -427,3 +428,82 @@ def test_close_waits_for_the_startup_cleanup_thread(tmp_path, monkeypatch):
     c = ckpt.Checkpointer(tmp_path / "ckpt", handle_sigterm=False)
     c.close()
     assert done == [True]
+
+
+@pytest.mark.parametrize("error, cause", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "the disk is full or over quota (it needs about "),
+    (PermissionError(errno.EACCES, "Permission denied"), "PermissionError: [Errno 13] Permission denied"),
+])
+def test_a_failed_write_names_directory_step_and_the_intact_checkpoint(setup8, tmp_path, monkeypatch, error, cause):
+    """A write failing in orbax's background thread (simulated: the meta item's write raises, as a full disk
+    would) ends in one CheckpointWriteError naming where, which step, why, and the last committed step; the
+    storage's error is its cause; ``close`` does not raise it a second time; the committed step restores."""
+    from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
+
+    directory = tmp_path / "ckpt"
+    state1 = setup8.state(1)
+    expected1 = host_copy(state1)
+    c = ckpt.Checkpointer(directory, save_every=1, handle_sigterm=False)
+    try:
+        assert c.save(1, state1)
+        c.wait()
+        original = JsonCheckpointHandler._save_fn
+
+        async def failing_write(self, x, path):
+            if x.get("step") == 2:
+                raise error
+            return await original(self, x, path)
+
+        monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", failing_write)
+        state2 = setup8.state(2)
+        with pytest.raises(ckpt.CheckpointWriteError) as info:
+            c.save(2, state2)
+            c.save(3, state2)  # the async failure of step 2 surfaces here at the latest
+            c.wait()
+    finally:
+        c.close()  # must not bury the failure under a second error
+    message = str(info.value)
+    assert message.startswith(f"checkpoint step 2 could not be written to {directory}: {cause}"), message
+    assert "The last committed checkpoint, step 1, is intact" in message
+    assert (info.value.step, info.value.last_committed) == (2, 1)
+    assert info.value.disk_full == (error.errno == errno.ENOSPC)
+    if info.value.disk_full:
+        needed = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state2))
+        assert f"it needs about {needed / 1024:.1f} KB of arrays" in message and " free there now)" in message
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(e is error for e in chain)  # the original error is chained, not swallowed
+
+    monkeypatch.undo()
+    c = ckpt.Checkpointer(directory, save_every=1, handle_sigterm=False)
+    try:
+        assert c.all_steps() == [1]
+        restored, meta = c.restore(setup8.abstract)
+    finally:
+        c.close()
+    assert meta["step"] == 1
+    assert_same(restored, expected1)
+
+
+def test_a_failed_last_save_is_raised_by_close_naming_it(setup8, tmp_path, monkeypatch):
+    """The run's final save has no next save to surface its failure: ``close`` raises it, named."""
+    from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
+
+    c = ckpt.Checkpointer(tmp_path / "ckpt", save_every=1, handle_sigterm=False)
+    assert c.save(1, setup8.state(1))
+    c.wait()
+    original = JsonCheckpointHandler._save_fn
+
+    async def failing_write(self, x, path):
+        if x.get("step") == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return await original(self, x, path)
+
+    monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", failing_write)
+    c.save(2, setup8.state(2), force=True)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint step 2 could not be written to .*the disk is "
+                                                        r"full.*The last committed checkpoint, step 1, is intact"):
+        c.close()
+    c.close()  # once raised, not again

@@ -239,6 +239,35 @@ def test_only_config_errors_are_relabelled(monkeypatch, capsys):
     assert "config error: teacher config file" in capsys.readouterr().err
 
 
+def test_cli_a_failed_checkpoint_write_ends_with_its_message_after_the_storage_error(monkeypatch, caplog):
+    """Exit status 6; the storage's error (the cause) is logged with its traceback, then the one line."""
+    import errno
+
+    from vlfm.core.checkpoint import CheckpointWriteError
+    from vlfm.train import __main__ as cli
+    from vlfm.train import trainer
+
+    def disk_full(config, workdir, dry_run=False):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise CheckpointWriteError("checkpoint step 2 could not be written to W: the disk is full", step=2,
+                                       last_committed=1, disk_full=True) from e
+
+    monkeypatch.setattr(trainer, "train", disk_full)
+    assert cli.main(["--config", "configs/clip_tiny.py", "--workdir", "unused"]) == 6
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[-1].getMessage() == "checkpoint step 2 could not be written to W: the disk is full"
+    assert isinstance(errors[-2].exc_info[1], OSError) and errors[-2].exc_info[1].errno == errno.ENOSPC
+
+
+def test_cli_a_negative_batch_size_fails_at_load_naming_the_key(capsys):
+    from vlfm.train import __main__ as cli
+
+    assert cli.main(["--config", "configs/clip_tiny.py", "--workdir", "unused", "--config.data.batch_size=-8"]) == 2
+    assert "config value data.batch_size=-8 is invalid: it must be a positive integer" in capsys.readouterr().err
+
+
 def test_cli_help_lists_options_and_config_fields():
     out = run_trainer(["--help"], timeout=120)
     assert out.returncode == 0, out.stderr
@@ -276,5 +305,34 @@ def test_convert_export_accepts_a_training_workdir(tmp_path):
     assert set(written) == set(original)
     for key in original:
         np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    record = json.loads((tmp_path / "hf_out" / "vlfm_export.json").read_text())
+    assert record["run"] == json.loads((workdir / "config.json").read_text())  # the run's config + commit
+    assert record["model_config"] == config.model.to_dict() and record["commit"] == record["run"]["commit"]
     with pytest.raises(SystemExit):
         main(["export", str(workdir)])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=-8", "data.batch_size=-8 is invalid: it must be a positive integer"),
+    ("total_steps=0", "total_steps=0 is invalid"),
+    ("grad_accum_steps=0", "grad_accum_steps=0 is invalid"),
+    ("checkpoint_every=0", "checkpoint_every=0 is invalid"),
+    ("optimizer.lr.peak=-0.001", "optimizer.lr.peak=-0.001 is invalid: it must be a finite number >= 0"),
+    ("data.num_workers=-1", "data.num_workers=-1 is invalid: it must be an integer >= 0"),
+    ("optimizer.lr.warmup_steps=-1", "optimizer.lr.warmup_steps=-1 is invalid"),
+    ("ema_decay=1.5", "ema_decay=1.5 is invalid: it must be a number in \\[0, 1\\]"),
+    ("evals.retrieval.every=-1", "evals.retrieval.every=-1 is invalid"),
+])
+def test_out_of_range_values_fail_at_load_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/clip_tiny.py", [override])
+
+
+def test_task_batch_sizes_are_checked_too():
+    from vlfm.train.config import validate_config
+
+    c = load_config("configs/clip_tiny.py")
+    with c.unlocked():
+        c.tasks = ml_collections.ConfigDict({"a": {"data": {"name": "shapes", "batch_size": 0}}})
+    with pytest.raises(ConfigError, match="tasks.a.data.batch_size=0 is invalid"):
+        validate_config(c)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from vlfm.core.provenance import code_commit
 from vlfm.convert.hf import hf_to_vlfm_config, load_hf, save_hf
 from vlfm.models import build_model
 
@@ -90,6 +91,14 @@ def hf_dirs(tmp_path_factory):
         "clip_text": T.CLIPTextModel(T.CLIPTextConfig(**TINY_CLIP_TEXT, **eager)),
         "clip_vision": T.CLIPVisionModel(T.CLIPVisionConfig(**TINY_VISION, **eager)),
     }
+    # Untied (tie_word_embeddings=False): transformers 5 computes the logits with the decoder's own bias,
+    # which is then distinct from cls.predictions.bias; both get random values so a mix-up shows.
+    untied = T.BertForMaskedLM(T.BertConfig(vocab_size=99, max_position_embeddings=64, tie_word_embeddings=False,
+                                            **TINY, **eager))
+    with torch.no_grad():
+        untied.cls.predictions.decoder.bias.normal_()
+        untied.cls.predictions.bias.normal_()
+    models["bert_mlm_untied"] = untied
     root = tmp_path_factory.mktemp("hf")
     return {name: (m.eval(), save(m, root / name)) for name, m in models.items()}
 
@@ -124,6 +133,21 @@ def test_bert_mlm_parity_and_round_trip(hf_dirs, inputs, tmp_path):
     with torch.no_grad():
         again = reload(transformers.BertForMaskedLM, str(tmp_path))(input_ids=inputs["ids"],
                                                                     attention_mask=inputs["mask"]).logits
+    np.testing.assert_allclose(again.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_untied_bert_mlm_parity_and_round_trip(hf_dirs, inputs, tmp_path):
+    model, path = hf_dirs["bert_mlm_untied"]
+    cfg, params = load_hf(path)
+    assert cfg["text"]["mlm_head"] and not cfg["text"]["tie_mlm_decoder"]
+    kwargs = dict(input_ids=inputs["ids"], attention_mask=inputs["mask"])
+    with torch.no_grad():
+        ref = model(**kwargs).logits
+    out = run(cfg, params, dict(text=inputs["ids"].numpy(), text_mask=inputs["mask"].numpy()))
+    check("untied bert_mlm logits", out["mlm_logits"], ref, mask=inputs["mask"].numpy().astype(bool))
+    save_hf(cfg, params, tmp_path)
+    with torch.no_grad():
+        again = reload(transformers.BertForMaskedLM, str(tmp_path))(**kwargs).logits
     np.testing.assert_allclose(again.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
 
 
@@ -169,6 +193,29 @@ def test_clip_parity(hf_dirs, inputs, name, scan):
     check(f"{name} text_embeds", out["text_embed"], ref.text_embeds)
     logits = out["logit_scale"] * out["image_embed"] @ out["text_embed"].T
     check(f"{name} logits_per_image", logits, ref.logits_per_image)
+
+
+def test_clip_export_writes_the_temperature_the_model_uses(hf_dirs, inputs, tmp_path):
+    """vlfm caps exp(logit_scale) at 100 and HF does not: the export carries the capped value."""
+    _, path = hf_dirs["clip"]
+    cfg, params = load_hf(path)
+    params["logit_scale"] = np.float32(np.log(500.0))
+    batch = dict(image=nhwc(inputs["pixels"]), text=inputs["clip_ids"].numpy(),
+                 text_mask=(inputs["clip_ids"] != 1).numpy())
+    out = run(cfg, params, batch)
+    assert float(out["logit_scale"]) == pytest.approx(100.0, rel=1e-5)
+    save_hf(cfg, params, tmp_path)
+    again = reload(transformers.CLIPModel, str(tmp_path))
+    with torch.no_grad():
+        ref = again(input_ids=inputs["clip_ids"], attention_mask=(inputs["clip_ids"] != 1).long(),
+                    pixel_values=inputs["pixels"]).logits_per_image
+    check("exported clip logits_per_image", out["logit_scale"] * out["image_embed"] @ out["text_embed"].T, ref)
+
+
+def test_non_square_vit_is_refused_naming_the_option(tmp_path):
+    model = transformers.ViTModel(transformers.ViTConfig(**dict(TINY_VISION, image_size=[48, 32])))
+    with pytest.raises(ValueError, match=r"non-square image_size=\[48, 32\]"):
+        load_hf(save(model, tmp_path))
 
 
 def test_clip_argmax_pooling(hf_dirs):
@@ -278,6 +325,9 @@ def test_cli_import_export(hf_dirs, tmp_path):
     assert set(written) == set(original)
     for key in original:
         np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    record = json.loads((tmp_path / "hf" / "vlfm_export.json").read_text())
+    assert record["model_config"] == json.loads((tmp_path / "vlfm" / "model_config.json").read_text())
+    assert record["commit"] == code_commit() and "run" not in record
 
 
 # ----------------------------------------------------------------------------------------------------

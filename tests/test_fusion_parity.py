@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
-from tests.test_convert import check, nhwc, save
-from vlfm.convert.hf import load_hf
+from tests.test_convert import check, nhwc, reload, save
+from vlfm.convert.hf import load_hf, save_hf
 from vlfm.models import build_model
 
 torch = pytest.importorskip("torch")
@@ -146,6 +147,59 @@ def test_vilt_nlvr2_parity(inputs, tmp_path):
     check("vilt_nlvr2 logits", out["logits"], ref)
 
 
+VILT_CLASSES = {"ViltModel": {}, "ViltForMaskedLM": {}, "ViltForQuestionAnswering": dict(num_labels=5),
+                "ViltForImagesAndTextClassification": dict(num_images=2, modality_type_vocab_size=3, num_labels=2)}
+
+
+def _vilt_call(hf, inputs):
+    """HF ViLT's main output for the inputs (NLVR2: a flipped batch as the second image)."""
+    if isinstance(hf, transformers.ViltForImagesAndTextClassification):
+        second = torch.flip(inputs["pixels"], dims=[0])
+        with torch.no_grad(), mock.patch("torch.multinomial", raster_multinomial):
+            return hf(input_ids=inputs["ids"], attention_mask=inputs["mask"],
+                      pixel_values=torch.stack([inputs["pixels"], second], dim=1),
+                      pixel_mask=torch.stack([inputs["pixel_mask"]] * 2, dim=1)).logits
+    out = hf_vilt(hf, inputs)
+    return out.pooler_output if isinstance(hf, transformers.ViltModel) else out.logits
+
+
+@pytest.mark.parametrize("name", list(VILT_CLASSES))
+def test_vilt_export_round_trip(inputs, tmp_path, name):
+    """HF -> vlfm -> HF: the exported directory loads into the same class with exactly its keys, holds
+    the same tensors and gives the same outputs."""
+    torch.manual_seed(0)
+    hf = getattr(transformers, name)(transformers.ViltConfig(**VILT, **VILT_CLASSES[name], **EAGER)).eval()
+    cfg, params = load_hf(save(hf, tmp_path / "in"))
+    save_hf(cfg, params, tmp_path / "out")
+    again = reload(type(hf), str(tmp_path / "out"))
+    original, written = load_file(str(tmp_path / "in" / "model.safetensors")), load_file(
+        str(tmp_path / "out" / "model.safetensors"))
+    assert set(written) == set(original)
+    for key in original:
+        np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    np.testing.assert_allclose(_vilt_call(again, inputs).numpy(), _vilt_call(hf, inputs).numpy(), rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_vilt_export_of_an_untied_mlm_decoder(inputs, tmp_path):
+    """vlfm trains ViLT's MLM decoder apart from the word embeddings: HF then gets it untied, as trained."""
+    cfg = dict(name="vilt", vocab_size=99, max_text_len=16, image_size=32, patch_size=8, width=32, depth=2,
+               num_heads=4, mlp_dim=37, mlm=True, scan=True)
+    batch = vilt_batch(inputs)
+    params = build_model(cfg).init(jax.random.key(0), {k: jnp.asarray(v) for k, v in batch.items()})["params"]
+    save_hf(cfg, params, tmp_path)
+    again = reload(transformers.ViltForMaskedLM, str(tmp_path))
+    check("exported untied vilt_mlm logits", _vilt_call(again, inputs), run(cfg, params, batch)["mlm_logits"],
+          mask=inputs["mask"].numpy().astype(bool))
+
+
+def test_vilt_export_refuses_heads_hf_lacks(tmp_path):
+    cfg = dict(name="vilt", vocab_size=99, max_text_len=16, image_size=32, patch_size=8, width=32, depth=2,
+               num_heads=4, mlp_dim=37, itm="random")
+    with pytest.raises(ValueError, match="HF ViLT has no equivalent of {'itm': 'random'}"):
+        save_hf(cfg, {}, tmp_path)
+
+
 def test_vilt_retrieval_head_is_rejected(tmp_path):
     hf = transformers.ViltForImageAndTextRetrieval(transformers.ViltConfig(**VILT))
     with pytest.raises(ValueError, match="rank_output"):
@@ -245,9 +299,57 @@ def test_bridgetower_contrastive_parity(inputs, tmp_path):
     np.testing.assert_allclose(float(out["logit_scale"]), np.exp(2.6592), rtol=1e-6)
 
 
+BT_CLASSES = {"BridgeTowerModel": dict(link="scaled_add"), "BridgeTowerForMaskedLM": {},
+              "BridgeTowerForImageAndTextRetrieval": {},
+              "BridgeTowerForContrastiveLearning": dict(contrastive_hidden_size=16, logit_scale_init_value=2.6592)}
+
+
+def _bt_main_output(hf, inputs):
+    out = hf_bt(hf, inputs)
+    if isinstance(hf, transformers.BridgeTowerModel):
+        return out.pooler_output
+    return out.cross_embeds if isinstance(hf, transformers.BridgeTowerForContrastiveLearning) else out.logits
+
+
+@pytest.mark.parametrize("name", list(BT_CLASSES))
+def test_bridgetower_export_round_trip(inputs, tmp_path, name):
+    """HF -> vlfm -> HF: same class, exactly its keys, the same tensors and outputs."""
+    torch.manual_seed(0)
+    hf = getattr(transformers, name)(_bt_config(**BT_CLASSES[name])).eval()
+    _perturb_link_towers(hf)
+    cfg, params = load_hf(save(hf, tmp_path / "in"))
+    save_hf(cfg, params, tmp_path / "out")
+    again = reload(type(hf), str(tmp_path / "out"))
+    original, written = load_file(str(tmp_path / "in" / "model.safetensors")), load_file(
+        str(tmp_path / "out" / "model.safetensors"))
+    original = {k: v for k, v in original.items() if not k.endswith("position_ids")}
+    assert set(written) == set(original)
+    for key in original:
+        np.testing.assert_array_equal(written[key], original[key], err_msg=key)
+    np.testing.assert_allclose(_bt_main_output(again, inputs).numpy(), _bt_main_output(hf, inputs).numpy(),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_bridgetower_export_refuses_what_hf_cannot_express(inputs, tmp_path):
+    torch.manual_seed(0)
+    cfg, params = load_hf(save(transformers.BridgeTowerModel(_bt_config()), tmp_path / "in"))
+    with pytest.raises(ValueError, match=r"cannot express these settings of the vlfm model: {'ln_eps': 1e-06}"):
+        save_hf(dict(cfg, ln_eps=1e-6), params, tmp_path / "out")  # HF's fusion layers take the text tower's eps
+    with pytest.raises(ValueError, match="HF BridgeTower has no equivalent of {'vqa_answers': 3}"):
+        save_hf(dict(cfg, vqa_answers=3), params, tmp_path / "out")
+
+
 def test_bridgetower_unsupported_settings_are_rejected(tmp_path):
     hf = transformers.BridgeTowerModel(transformers.BridgeTowerConfig(**BT, share_link_tower_layers=True))
     with pytest.raises(ValueError, match="share_link_tower_layers"):
+        load_hf(save(hf, tmp_path))
+
+
+def test_bridgetower_with_unequal_tower_depths_is_rejected(tmp_path):
+    """HF skips the vision layers above the text tower's depth; vlfm would bridge other layers."""
+    config = dict(BT, vision_config=dict(BT["vision_config"], num_hidden_layers=4))
+    hf = transformers.BridgeTowerModel(transformers.BridgeTowerConfig(**config))
+    with pytest.raises(ValueError, match="vision depth 4 differs from text depth 3"):
         load_hf(save(hf, tmp_path))
 
 

@@ -5,7 +5,9 @@
     python -m vlfm.convert export PARAMS_DIR MODEL_CONFIG_JSON HF_DIR
     python -m vlfm.convert export WORKDIR HF_DIR
         -> HF_DIR/config.json and HF_DIR/model.safetensors; a training WORKDIR gives its params export
-           (WORKDIR/params) and the model of its resolved config (WORKDIR/config.json, overrides included)
+           (WORKDIR/params) and the model of its resolved config (WORKDIR/config.json, overrides included).
+           HF_DIR/vlfm_export.json records the model config, the code's commit and version, and for a
+           WORKDIR the run's own record (its full config and the commit it trained with).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import json
 import os
 import sys
 
+from etils import epath
+
 from vlfm.convert.hf import load_hf, save_hf
-from vlfm.train.config import load_workdir_config
+from vlfm.core.provenance import EXPORT_RECORD
+from vlfm.train.config import CONFIG_FILE, load_workdir_config
 from vlfm.core.checkpoint import export_params, load_params
 
 
@@ -44,15 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(model_config, f, indent=2)
         print(f"wrote {args.out_dir}/params and {args.out_dir}/model_config.json ({model_config['name']})")
     else:
+        run_record = None
         if len(args.paths) == 2:  # a training workdir: its params export and resolved config
             workdir, hf_dir = args.paths
             params_dir, model_config = os.path.join(workdir, "params"), load_workdir_config(workdir).model.to_dict()
+            # The run's config, commit and version, as it wrote them.
+            run_record = json.loads((epath.Path(workdir) / CONFIG_FILE).read_text())
         else:
             params_dir, model_config_path, hf_dir = args.paths
             with open(model_config_path) as f:
                 model_config = json.load(f)
-        save_hf(model_config, load_params(params_dir), hf_dir)
-        print(f"wrote {hf_dir}/config.json and {hf_dir}/model.safetensors")
+        save_hf(model_config, load_params(params_dir), hf_dir, run_record=run_record)
+        print(f"wrote {hf_dir}/config.json, {hf_dir}/model.safetensors and {hf_dir}/{EXPORT_RECORD}")
     return 0
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from vlfm.core.provenance import write_export_record
 from vlfm.core.tree import strip_boxes
 from vlfm.models import TOWERS, build_model
 from vlfm.registry import Registry
@@ -49,6 +50,7 @@ CONFIG_NAME = "config.json"
 # Loaders of other HF model types, ``(path, scan) -> (model config, params)``, which load_hf dispatches to:
 # vlfm.convert.hf_fusion registers ViLT and BridgeTower (importing vlfm.convert registers them all).
 HF_LOADERS: Registry = Registry("HF model_type")
+HF_SAVERS: Registry = Registry("vlfm model with an HF export")  # fusion models: vlfm.convert.hf_fusion
 
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -264,12 +266,25 @@ def _bert_tower(c: Mapping[str, Any], keys: set[str], prefix: str) -> dict:
     return tower
 
 
+def square_size(where: str, c: Mapping[str, Any], key: str) -> int:
+    """``c[key]`` (an HF ``image_size`` / ``patch_size``: an int or a pair) as one int; vlfm's image towers
+    take square images and patches only, so a non-square pair is refused by name."""
+    value = c[key]
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{where}: non-square {key}={list(value)} is not supported (vlfm's image towers "
+                             f"take square images and patches)")
+        value = value[0]
+    return int(value)
+
+
 def _vit_tower(c: Mapping[str, Any], keys: set[str], prefix: str) -> dict:
     if c.get("num_channels", 3) != 3:
         raise ValueError(f"only 3-channel images are supported, got num_channels={c['num_channels']}")
     if c.get("pooler_output_size") not in (None, c["hidden_size"]) or c.get("pooler_act", "tanh") != "tanh":
         raise ValueError("only a tanh pooler of the hidden size is supported")
-    tower = dict(name="vit", image_size=c["image_size"], patch_size=c["patch_size"], width=c["hidden_size"],
+    tower = dict(name="vit", image_size=square_size("vit", c, "image_size"),
+                 patch_size=square_size("vit", c, "patch_size"), width=c["hidden_size"],
                  depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"],
                  ln_eps=c.get("layer_norm_eps", 1e-12), act=_act(c.get("hidden_act", "gelu")),
                  qkv_bias=c.get("qkv_bias", True), dropout_rate=c.get("hidden_dropout_prob", 0.0),
@@ -297,7 +312,8 @@ def _clip_text_tower(c: Mapping[str, Any]) -> dict:
 def _clip_vision_tower(c: Mapping[str, Any]) -> dict:
     if c.get("num_channels", 3) != 3:
         raise ValueError(f"only 3-channel images are supported, got num_channels={c['num_channels']}")
-    return dict(name="vit", image_size=c["image_size"], patch_size=c["patch_size"], width=c["hidden_size"],
+    return dict(name="vit", image_size=square_size("clip vision", c, "image_size"),
+                patch_size=square_size("clip vision", c, "patch_size"), width=c["hidden_size"],
                 depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"],
                 pre_norm=True, patch_bias=False, pool="cls", final_norm=True, pooler="none",
                 ln_eps=c.get("layer_norm_eps", 1e-5), act=_act(c.get("hidden_act", "quick_gelu")),
@@ -506,12 +522,13 @@ def _stack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of ``_stack_layers``; also for an encoder at the top level (ViLT's ``encoder/layers``)."""
     out = {}
     for path, value in flat.items():
-        m = _STACK_RE.match(path)
+        m = _STACK_RE.match(f"/{path}" if path.startswith("encoder/") else path)
         if m:
             for i in range(value.shape[0]):
-                out[f"{m[1]}/encoder/layer_{i}/{m[2]}"] = value[i]
+                out[f"{m[1]}/encoder/layer_{i}/{m[2]}".lstrip("/")] = value[i]
         else:
             out[path] = value
     return out
@@ -543,12 +560,21 @@ def _read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _drop_duplicates(kind: str, model_config: Mapping[str, Any], tensors: dict[str, np.ndarray]) -> None:
-    """Removes tensors that HF may save twice for a tied weight, after checking they really are copies."""
+    """Removes tensors that HF may save twice for a tied weight, after checking they really are copies.
+
+    An untied BertForMaskedLM (``tie_word_embeddings=False``) is different: transformers 5 then unties
+    the decoder's bias from ``cls.predictions.bias`` as well and computes the logits with
+    ``cls.predictions.decoder.bias`` alone, so that one becomes vlfm's ``mlm_bias`` and the other,
+    which HF never reads, is dropped (transformers 4 keeps the two identical).
+    """
     if kind != "bert" or not model_config["text"].get("mlm_head"):
         return
-    copies = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
-    if model_config["text"].get("tie_mlm_decoder", True):
-        copies["cls.predictions.decoder.weight"] = "bert.embeddings.word_embeddings.weight"
+    if not model_config["text"].get("tie_mlm_decoder", True):
+        if "cls.predictions.decoder.bias" in tensors:
+            tensors["cls.predictions.bias"] = tensors.pop("cls.predictions.decoder.bias")
+        return
+    copies = {"cls.predictions.decoder.bias": "cls.predictions.bias",
+              "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
     for dup, original in copies.items():
         if dup in tensors:
             if original not in tensors or not np.array_equal(tensors[dup], tensors[original]):
@@ -613,27 +639,23 @@ def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     return model_config, flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike) -> None:
+def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
+            run_record: Mapping[str, Any] | None = None) -> None:
     """Writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads as BertModel /
-    BertForMaskedLM, ViTModel / ViTForImageClassification, CLIPModel, CLIPTextModel or CLIPVisionModel.
+    BertForMaskedLM, ViTModel / ViTForImageClassification, CLIPModel, CLIPTextModel or CLIPVisionModel
+    (or, through ``HF_SAVERS``, a ViLT class: ``vlfm.convert.hf_fusion``), and ``vlfm_export.json`` beside them (the vlfm model config, commit and version, and ``run_record``:
+    the training run's own config record, when the weights come from one).
 
     Accepts params in either layout (scanned or not). Raises when the model uses a setting HF cannot
     express, or when the params do not match ``model_config``.
     """
     model_config = _plain(model_config)
+    if model_config.get("name") in HF_SAVERS:
+        HF_SAVERS.get(model_config["name"])(model_config, params, path, run_record)
+        return
     kind = _checkpoint_kind(model_config)
     hf_config = vlfm_to_hf_config(model_config)
-    params = strip_boxes(params)
-    flat = {k: np.asarray(v, np.float32)
-            for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/").items()}
-    flat = _unstack_layers(flat)
-    shapes = _abstract_params(model_config)
-    wrong = {k for k in set(shapes) & set(flat) if tuple(flat[k].shape) != shapes[k]}
-    if set(shapes) != set(flat) or wrong:
-        raise ValueError("params do not match the model config:"
-                         f"\n  missing: {_list(set(shapes) - set(flat)) or '-'}"
-                         f"\n  unexpected: {_list(set(flat) - set(shapes)) or '-'}"
-                         f"\n  wrong shape: {_list(wrong) or '-'}")
+    flat = flat_params_matching(params, _abstract_params(model_config))
     prefix = ""
     if kind == "bert" and model_config["text"].get("mlm_head"):
         prefix = "bert."  # BertForMaskedLM
@@ -641,6 +663,10 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
         prefix = "vit."  # ViTForImageClassification
     elif kind in ("clip_text_model", "clip_vision_model"):
         prefix = LOAD_PREFIXES[kind]  # the Hub layout, which transformers 4 and 5 both load
+    if kind == "clip":
+        # vlfm caps the temperature in the forward pass and HF does not: export the value the model uses.
+        cap = model_config.get("max_logit_scale", math.log(100.0))
+        flat["logit_scale"] = np.minimum(flat["logit_scale"], np.float32(cap))
     tensors, used = {}, set()
     for hf_key, vl_path, conv in _rows(kind, model_config, prefix):
         if vl_path in flat:
@@ -649,7 +675,33 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
     leftover = set(flat) - used
     if leftover:
         raise ValueError(f"these params have no place in an HF {kind} checkpoint: {_list(leftover)}")
+    text = model_config.get("text") or {}
+    if kind == "bert" and text.get("mlm_head") and not text.get("tie_mlm_decoder", True):
+        # Untied, transformers 5 reads the decoder's own bias (see _drop_duplicates); write both.
+        tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
+    write_hf_dir(path, hf_config, tensors, model_config, run_record)
+
+
+def flat_params_matching(params: Any, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """``params`` (either layout) as flat, unscanned float32 numpy arrays, checked against the flat
+    ``shapes`` of the model config they are exported with (raises naming missing, extra, misshaped)."""
+    flat = {k: np.asarray(v, np.float32)
+            for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(strip_boxes(params)), sep="/").items()}
+    flat = _unstack_layers(flat)
+    wrong = {k for k in set(shapes) & set(flat) if tuple(flat[k].shape) != shapes[k]}
+    if set(shapes) != set(flat) or wrong:
+        raise ValueError("params do not match the model config:"
+                         f"\n  missing: {_list(set(shapes) - set(flat)) or '-'}"
+                         f"\n  unexpected: {_list(set(flat) - set(shapes)) or '-'}"
+                         f"\n  wrong shape: {_list(wrong) or '-'}")
+    return flat
+
+
+def write_hf_dir(path: str | os.PathLike, hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                 model_config: Mapping[str, Any], run_record: Mapping[str, Any] | None) -> None:
+    """``config.json``, ``model.safetensors`` and ``vlfm_export.json`` in ``path``."""
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+        json.dump(dict(hf_config), f, indent=2, sort_keys=True)
+    safetensors.numpy.save_file(dict(tensors), os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+    write_export_record(path, model_config, run_record)

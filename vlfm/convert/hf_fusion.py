@@ -1,4 +1,5 @@
-"""Import of Hugging Face fusion-model checkpoints: ViLT and BridgeTower (``load_hf`` dispatches here).
+"""Hugging Face fusion-model checkpoints, both ways: ViLT and BridgeTower (``load_hf`` and ``save_hf``
+dispatch here).
 
 Supported ``model_type`` values and what they become:
 
@@ -11,7 +12,8 @@ Supported ``model_type`` values and what they become:
   ``BridgeTowerForContrastiveLearning`` (``contrastive_dim``, ``contrastive_cross``).
 
 Tables and checks are those of ``vlfm.convert.hf``: every vlfm parameter is filled and every HF tensor
-used. ``vilt_params_from_vit`` starts a ViLT from a ViT (ViLT is initialised from ViT-B/32).
+used. Export writes the HF class of the model's head (one head at most, as HF's classes have) and reads
+the written config back through the importer: a vlfm setting HF cannot express is refused by name. ``vilt_params_from_vit`` starts a ViLT from a ViT (ViLT is initialised from ViT-B/32).
 
 Numerical notes. HF ViLT draws image patches with ``torch.multinomial`` on every call, even in eval
 mode, so its image tokens come out in a random order; vlfm keeps raster order (compare with
@@ -22,6 +24,7 @@ causal, so compare against ``attn_implementation="eager"``, which matches the or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlfm.convert.hf import (BERT_LAYER, BERT_TOP, BUFFER_SUFFIXES, CONFIG_NAME, VIT_LAYER, _act, _expand, _layers,
-                             HF_LOADERS, _plain, _read_tensors, _stack_layers, map_tensors)
+from vlfm.convert.hf import (BERT_LAYER, BERT_TOP, BUFFER_SUFFIXES, CONFIG_NAME, HF_LOADERS, HF_SAVERS, VIT_LAYER,
+                             _act, _expand, _hf_act, _layers, _list, _plain, _read_tensors, _stack_layers, _to_hf,
+                             _tower_fields, flat_params_matching, map_tensors, square_size, write_hf_dir)
 from vlfm.core.tree import merge_params, strip_boxes
-from vlfm.models import build_model
+from vlfm.models import MODELS, build_model
 
-__all__ = ["load_hf_fusion", "hf_fusion_config", "vilt_params_from_vit"]
+__all__ = ["load_hf_fusion", "hf_fusion_config", "save_hf_bridgetower", "save_hf_vilt", "vilt_params_from_vit"]
 
 VILT_TOP = (
     ("embeddings.text_embeddings.word_embeddings", "text_embed/token_embed", "embed"),
@@ -114,7 +118,8 @@ def _vilt_config(c: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], sc
     _check("vilt", c, num_channels=3)
     prefix = _prefix(keys, "vilt.")
     model = dict(name="vilt", vocab_size=c["vocab_size"], max_text_len=c["max_position_embeddings"],
-                 type_vocab_size=c["type_vocab_size"], image_size=c["image_size"], patch_size=c["patch_size"],
+                 type_vocab_size=c["type_vocab_size"], image_size=square_size("vilt", c, "image_size"),
+                 patch_size=square_size("vilt", c, "patch_size"),
                  num_types=c["modality_type_vocab_size"], width=c["hidden_size"], depth=c["num_hidden_layers"],
                  num_heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"], ln_eps=c["layer_norm_eps"],
                  act=_act(c["hidden_act"]), qkv_bias=c.get("qkv_bias", True),
@@ -150,9 +155,16 @@ def _bridgetower_config(c: Mapping[str, Any], shapes: Mapping[str, tuple[int, ..
         raise ValueError("BridgeTower's cross-modal layers take the text width; it must equal hidden_size")
     if (c.get("hidden_act", "gelu"), c.get("layer_norm_eps", 1e-5)) != (tc["hidden_act"], tc["layer_norm_eps"]):
         raise ValueError("the MLM head's activation/eps (top-level config) must equal the text config's")
+    if vc["num_hidden_layers"] != tc["num_hidden_layers"]:
+        # HF runs the vision tower only as deep as the text tower and bridges those layers; vlfm bridges
+        # the top layers of each tower, so unequal depths would load into a different network.
+        raise ValueError(f"bridgetower: vision depth {vc['num_hidden_layers']} differs from text depth "
+                         f"{tc['num_hidden_layers']}; HF then skips the top vision layers, which vlfm does not "
+                         f"reproduce (equal depths are supported)")
     prefix = _prefix(keys, "bridgetower.")
     width = vc["hidden_size"]
-    image = dict(name="vit", image_size=vc["image_size"], patch_size=vc["patch_size"], width=width,
+    image = dict(name="vit", image_size=square_size("bridgetower vision", vc, "image_size"),
+                 patch_size=square_size("bridgetower vision", vc, "patch_size"), width=width,
                  depth=vc["num_hidden_layers"], num_heads=width // 64, mlp_dim=4 * width, pre_norm=True,
                  patch_bias=False, ln_eps=vc["layer_norm_eps"], act="quick_gelu", scan=scan)
     text = dict(name="bert", vocab_size=tc["vocab_size"], max_len=tc["max_position_embeddings"],
@@ -281,6 +293,193 @@ def load_hf_fusion(path: str | os.PathLike, scan: bool = True) -> tuple[dict, di
     if scan:  # _stack_layers finds ".../encoder/layer_{i}/..." (towers and fusion layers); ViLT's encoder is top-level
         flat = {k[len("model/"):]: v for k, v in _stack_layers({f"model/{k}": v for k, v in flat.items()}).items()}
     return model, flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Export
+
+
+def _model_fields(model: Mapping[str, Any]) -> dict:
+    """A model config with every field filled in (defaults from the model class)."""
+    cls = MODELS.get(model["name"])
+    fields = {f.name: f.default for f in dataclasses.fields(cls)
+              if f.init and f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+    return {**fields, **model}
+
+
+def _vilt_hf_config(m: Mapping[str, Any]) -> tuple[dict, str]:
+    """(HF ``config.json`` content, HF class) for a filled-in vlfm ViLT config; refuses what HF lacks."""
+    heads = [h for h in ("mlm", "vqa_answers", "pair_classes") if m[h]]
+    unsupported = {k: m[k] for k, ok in (("itm", "none"), ("num_classes", 0), ("layer_scale", None),
+                                         ("head_ln_eps", 1e-5)) if m[k] != ok}
+    if unsupported or len(heads) > 1:
+        raise ValueError(f"HF ViLT has no equivalent of {unsupported or {h: m[h] for h in heads}}: its classes "
+                         f"carry at most one of mlm / vqa_answers / pair_classes, no ITM (2-way) or visual-"
+                         f"entailment head, no layer scale, and head LayerNorms with eps 1e-5")
+    config = dict(model_type="vilt", vocab_size=m["vocab_size"], type_vocab_size=m["type_vocab_size"],
+                  modality_type_vocab_size=m["num_types"], max_position_embeddings=m["max_text_len"],
+                  hidden_size=m["width"], num_hidden_layers=m["depth"], num_attention_heads=m["num_heads"],
+                  intermediate_size=m["mlp_dim"], hidden_act=_hf_act(m["act"]),
+                  hidden_dropout_prob=m["dropout_rate"], attention_probs_dropout_prob=m["attn_dropout_rate"],
+                  initializer_range=m["init_std"] or 0.02, layer_norm_eps=m["ln_eps"], image_size=m["image_size"],
+                  patch_size=m["patch_size"], num_channels=3, qkv_bias=m["qkv_bias"], max_image_length=-1,
+                  num_images=-1, dtype="float32")
+    cls = "ViltModel"
+    if m["mlm"]:
+        cls = "ViltForMaskedLM"
+    elif m["vqa_answers"] or m["pair_classes"]:
+        labels = m["vqa_answers"] or m["pair_classes"]
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+        cls = "ViltForQuestionAnswering" if m["vqa_answers"] else "ViltForImagesAndTextClassification"
+        if m["pair_classes"]:
+            config["num_images"] = 2
+    return dict(config, architectures=[cls]), cls
+
+
+@HF_SAVERS.register("vilt")
+def save_hf_vilt(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
+                 run_record: Mapping[str, Any] | None = None) -> None:
+    """Writes a vlfm ViLT as the HF ViLT class of its head (``ViltModel``, ``ViltForMaskedLM``,
+    ``ViltForQuestionAnswering`` or, for NLVR2, ``ViltForImagesAndTextClassification``).
+
+    vlfm's MLM decoder is its own parameter; when it equals the word embeddings the export ties them
+    (HF saves them once), otherwise it writes both: transformers 5's ViltConfig forces
+    ``tie_word_embeddings=True`` but, finding two different tensors, keeps them apart (with a warning),
+    so HF computes with the decoder as trained.
+    """
+    m = _filled(_plain(model_config))
+    hf_config, cls = _vilt_hf_config(m)
+    flat = flat_params_matching(params, fusion_param_shapes(m))
+    prefix = "" if cls == "ViltModel" else "vilt."
+    tensors = _rows_to_tensors(_vilt_rows(m, prefix), flat, cls)
+    _check_expressed(m, _vilt_config(hf_config, {k: v.shape for k, v in tensors.items()}, scan=m["scan"]), "ViLT")
+    if m["mlm"]:
+        word = tensors[f"{prefix}embeddings.text_embeddings.word_embeddings.weight"]
+        hf_config["tie_word_embeddings"] = bool(np.array_equal(tensors["mlm_score.decoder.weight"], word))
+        if hf_config["tie_word_embeddings"]:
+            del tensors["mlm_score.decoder.weight"]  # tied: HF saves the word embeddings once
+    write_hf_dir(path, hf_config, tensors, model_config, run_record)
+
+
+# Fields that change neither the function a model computes nor its parameters: ignored when an export
+# checks that HF's config expresses the model.
+_LAYOUT_FIELDS = ("scan", "remat", "attention", "dtype", "param_dtype", "collect_hidden", "attention_layers",
+                  "drop_path_rate", "init_std", "max_logit_scale")
+
+
+def _differences(want: Mapping[str, Any], got: Mapping[str, Any], where: str = "") -> dict:
+    """Fields of the vlfm config ``want`` that the re-imported ``got`` does not reproduce."""
+    out = {}
+    for key in sorted(set(want) | set(got)):
+        if key in _LAYOUT_FIELDS:
+            continue
+        a, b = want.get(key), got.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.update(_differences(a, b, f"{where}{key}."))
+        elif a != b:
+            out[f"{where}{key}"] = a
+    return out
+
+
+def _bridgetower_hf_config(m: Mapping[str, Any]) -> tuple[dict, str]:
+    """(HF ``config.json`` content, HF class) for a filled-in vlfm BridgeTower config."""
+    heads = [h for h, on in (("mlm", m["mlm"]), ("itm", m["itm"] != "none"), ("contrastive_dim", m["contrastive_dim"]))
+             if on]
+    others = {k: m[k] for k in ("vqa_answers", "num_classes", "pair_classes") if m[k]}
+    if others or len(heads) > 1 or (m["contrastive_dim"] and not m["contrastive_cross"]):
+        raise ValueError(f"HF BridgeTower has no equivalent of {others or {h: m[h] for h in heads}}: its classes "
+                         f"carry at most one of mlm / itm / contrastive (with the cross-modal head), and no VQA, "
+                         f"NLVR2 or classification head")
+    text, image = m["text"], m["image"]
+    text_config = dict(vocab_size=text["vocab_size"], hidden_size=text["width"], num_hidden_layers=text["depth"],
+                       num_attention_heads=text["num_heads"], intermediate_size=text["mlp_dim"],
+                       hidden_act=_hf_act(text["act"]), hidden_dropout_prob=text["dropout_rate"],
+                       attention_probs_dropout_prob=text["attn_dropout_rate"],
+                       max_position_embeddings=text["max_len"], type_vocab_size=text["type_vocab_size"],
+                       layer_norm_eps=text["ln_eps"], pad_token_id=text["pos_offset"] - 1,
+                       position_embedding_type="absolute", is_decoder=False)
+    vision_config = dict(hidden_size=image["width"], num_hidden_layers=image["depth"], num_channels=3,
+                         image_size=image["image_size"], patch_size=image["patch_size"],
+                         layer_norm_eps=image["ln_eps"], share_layernorm=True, remove_last_layer=False,
+                         stop_gradient=False)
+    config = dict(model_type="bridgetower", hidden_size=m["width"], num_hidden_layers=m["depth"],
+                  num_attention_heads=m["num_heads"], hidden_act=_hf_act(m["act"]), layer_norm_eps=m["bridge_ln_eps"],
+                  link_tower_type=m["bridge"], share_cross_modal_transformer_layers=True,
+                  share_link_tower_layers=False, tie_word_embeddings=False, text_config=text_config,
+                  vision_config=vision_config, dtype="float32")
+    cls = "BridgeTowerModel"
+    if m["mlm"]:
+        cls = "BridgeTowerForMaskedLM"
+    elif m["itm"] != "none":
+        cls = "BridgeTowerForImageAndTextRetrieval"
+    elif m["contrastive_dim"]:
+        cls = "BridgeTowerForContrastiveLearning"
+        config.update(contrastive_hidden_size=m["contrastive_dim"], logit_scale_init_value=m["logit_scale_init"])
+    return dict(config, architectures=[cls]), cls
+
+
+def _filled(model: Mapping[str, Any]) -> dict:
+    """A fusion model config with every model and tower field filled in with its default."""
+    m = _model_fields(model)
+    for side in ("text", "image"):
+        if isinstance(m.get(side), Mapping):
+            m[side] = _tower_fields(m[side])
+    return m
+
+
+def _rows_to_tensors(rows: list, flat: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    tensors, used = {}, set()
+    for hf_key, vl_path, conv in rows:
+        if vl_path in flat:
+            tensors[hf_key] = np.array(_to_hf(conv, flat[vl_path]), order="C")  # keeps 0-d arrays 0-d
+            used.add(vl_path)
+    leftover = set(flat) - used
+    if leftover:
+        raise ValueError(f"these params have no place in an HF {where} checkpoint: {_list(leftover)}")
+    return tensors
+
+
+@HF_SAVERS.register("bridgetower")
+def save_hf_bridgetower(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
+                        run_record: Mapping[str, Any] | None = None) -> None:
+    """Writes a vlfm BridgeTower as ``BridgeTowerModel``, ``BridgeTowerForMaskedLM``,
+    ``BridgeTowerForImageAndTextRetrieval`` or ``BridgeTowerForContrastiveLearning``.
+
+    HF ties more of the model together than vlfm (the fusion layers take the text tower's sizes, the
+    vision tower is CLIP-shaped with 64-wide heads): the written config is read back through the
+    importer and any field it does not reproduce is refused by name.
+    """
+    m = _filled(_plain(model_config))
+    if m["itm"] != "none":
+        m["itm"] = "random"  # how negatives are drawn is training only; HF has the head
+    hf_config, cls = _bridgetower_hf_config(m)
+    flat = flat_params_matching(params, fusion_param_shapes(m))
+    prefix = "" if cls == "BridgeTowerModel" else "bridgetower."
+    tensors = _rows_to_tensors(_bridgetower_rows(m, prefix), flat, cls)
+    _merge_in_proj(tensors)
+    _check_expressed(m, _bridgetower_config(hf_config, _split_shapes(tensors), scan=m["scan"]), "BridgeTower")
+    write_hf_dir(path, hf_config, tensors, model_config, run_record)
+
+
+def _check_expressed(model: Mapping[str, Any], reread: Mapping[str, Any], family: str) -> None:
+    """Refuses an export whose HF config, read back by the importer, is not the vlfm model."""
+    wrong = _differences(model, _filled(reread))
+    if wrong:
+        raise ValueError(f"HF {family} cannot express these settings of the vlfm model: {wrong}")
+
+
+def _merge_in_proj(tensors: dict[str, np.ndarray]) -> None:
+    """The inverse of ``_split_in_proj``: ``attn.{q,k,v}_proj.{weight,bias}`` -> ``attn.in_proj_*``."""
+    for key in [k for k in tensors if k.endswith(".attn.q_proj.weight") or k.endswith(".attn.q_proj.bias")]:
+        head, kind = key.rsplit(".q_proj.", 1)
+        parts = [tensors.pop(f"{head}.{name}.{kind}") for name in ("q_proj", "k_proj", "v_proj")]
+        tensors[f"{head}.in_proj_{kind}"] = np.concatenate(parts, axis=0)
+
+
+def _split_shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    split = dict(tensors)
+    _split_in_proj(split)
+    return {k: v.shape for k, v in split.items()}
 
 
 # ``init_from.rename`` pairs that start a ViLT from a ViT (an imported HF ViT or an ``image_classifier``

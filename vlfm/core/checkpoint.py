@@ -13,11 +13,15 @@ another one, and what keeps optax's namedtuple states intact.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -57,6 +61,51 @@ def _wrap(value: Any) -> Any:
 
 def _unwrap(abstract: Any, restored: Any) -> Any:
     return restored[LEAF_KEY] if _is_single_leaf(abstract) else restored
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a lost bucket...); the original error is its cause.
+
+    ``step`` is the checkpoint that failed, ``last_committed`` the newest intact one (None: none yet),
+    ``disk_full`` whether the storage said it has no space (or quota) left.
+    """
+
+    def __init__(self, message: str, *, step: int | None, last_committed: int | None, disk_full: bool):
+        super().__init__(message)
+        self.step, self.last_committed, self.disk_full = step, last_committed, disk_full
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How the same condition reads once it has passed through tensorstore (array writes): a ValueError whose
+# text holds the OS message and errno ("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']").
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", f"os_error_code='{errno.ENOSPC}'",
+                    f"os_error_code='{errno.EDQUOT}'")
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or any exception it chains (cause or context) says the storage is full."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(current) for text in _DISK_FULL_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _size_text(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
 
 
 def _json_snapshot(meta: dict | None) -> dict:
@@ -109,6 +158,8 @@ class Checkpointer:
         self._sigterm_seen = threading.Event()
         self._stop = False
         self._last_requested: int | None = None
+        self._bytes: dict[int, int] = {}  # bytes of arrays each requested step writes (for a full-disk message)
+        self._failed = False  # a write error was raised; close() then does not raise it a second time
         self._previous_handler: Any = None
         self._handler_installed = False
         if handle_sigterm:
@@ -199,7 +250,12 @@ class Checkpointer:
         if data_iterator is not None:
             items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
         items[META_ITEM] = ocp.args.JsonSave({**_json_snapshot(meta), "step": step})
-        saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+        in_flight = self._last_requested
+        self._bytes = {s: n for s, n in self._bytes.items() if s == in_flight}
+        self._bytes[step] = _tree_bytes(state)
+        with self._naming_write_errors(lambda: in_flight if in_flight is not None and not self._is_committed(in_flight)
+                                       else step):
+            saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
         if saved:
             self._last_requested = step
             if preempted:
@@ -212,8 +268,55 @@ class Checkpointer:
         return self._stop
 
     def wait(self) -> None:
-        """Blocks until the in-flight async save is committed."""
-        self._mngr.wait_until_finished()
+        """Blocks until the in-flight async save is committed; raises ``CheckpointWriteError`` if it failed."""
+        with self._naming_write_errors(lambda: self._last_requested):
+            self._mngr.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _naming_write_errors(self, failed_step: Callable[[], int | None]) -> Iterator[None]:
+        """Turns a failed write into one ``CheckpointWriteError`` naming the directory, the failed step, the
+        space it needed and the last committed step; the original error stays chained as its cause.
+
+        A write fails in orbax's background threads and surfaces at the next save or wait; by then orbax
+        has logged it (often several times). The message here is what ends the run.
+        """
+        try:
+            yield
+        except Exception as e:
+            if self._failed or isinstance(e, CheckpointWriteError):
+                raise
+            self._failed = True
+            raise self._write_error(failed_step(), e) from e
+
+    def _write_error(self, step: int | None, error: Exception) -> CheckpointWriteError:
+        try:
+            last = self.latest_step()
+        except Exception:  # the storage may be unreadable too; the message says so instead
+            last = None
+            intact = "the committed checkpoints could not be listed"
+        else:
+            intact = (f"the last committed checkpoint, step {last}, is intact" if last is not None
+                      else "no checkpoint was committed yet")
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        full = _is_disk_full(error)
+        if full:
+            needed = self._bytes.get(step) if step is not None else None
+            free = None
+            if "://" not in os.fspath(self.directory):
+                try:
+                    free = shutil.disk_usage(os.fspath(self.directory)).free
+                except OSError:
+                    pass
+            sizes = [f"it needs about {_size_text(needed)} of arrays" if needed else "",
+                     f"{_size_text(free)} free there now" if free is not None else ""]
+            sizes_text = "; ".join(t for t in sizes if t)
+            cause = f"the disk is full or over quota{' (' + sizes_text + ')' if sizes_text else ''}"
+        else:
+            cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        return CheckpointWriteError(
+            f"{what} could not be written to {self.directory}: {cause}. {intact[0].upper() + intact[1:]}"
+            f"{'; free space and rerun to resume from it' if full and last is not None else ''}.",
+            step=step, last_committed=last, disk_full=full)
 
     # --- restore --------------------------------------------------------
 
@@ -267,13 +370,45 @@ class Checkpointer:
             pending.result()
             self._mngr._cleanup_tmp_directory_future = None
 
+    def _wait_for_abandoned_writes(self) -> None:
+        """After a failed save, waits for the save's other writes (orbax runs each in its own thread).
+
+        orbax reports the first failed write and leaves the others running; they keep writing into the
+        step's temporary directory, where the next manager's start-up clean-up would race them
+        ("Directory not empty"). Their own errors are echoes of the failure already raised.
+        """
+        async_manager = getattr(getattr(self._mngr, "_checkpointer", None), "_async_manager", None)
+        for pending in getattr(async_manager, "_commit_futures", None) or ():
+            try:
+                pending.result()
+            except Exception as e:
+                log.debug("a write of the failed checkpoint also failed: %s", e)
+
     def close(self) -> None:
-        """Waits for pending saves and background clean-up; gives SIGTERM back to the previous handler."""
-        self._wait_for_cleanup()
-        self._mngr.close()
-        if self._handler_installed:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._handler_installed = False
+        """Waits for pending saves and background clean-up; gives SIGTERM back to the previous handler.
+
+        Raises ``CheckpointWriteError`` if the last save failed, unless that failure was raised already
+        (``close`` in a ``finally`` must not bury the error that ended the run under a second one).
+        """
+        try:
+            self._wait_for_cleanup()
+            if not self._failed:
+                self.wait()  # a failed last save is raised here, named
+        finally:
+            try:
+                if self._failed:
+                    self._wait_for_abandoned_writes()
+                    try:
+                        self._mngr.close()
+                    except Exception as e:  # the failure already raised, seen again by orbax's close
+                        log.debug("checkpoint manager close after a failed write: %s", e)
+                else:
+                    with self._naming_write_errors(lambda: self._last_requested):
+                        self._mngr.close()
+            finally:
+                if self._handler_installed:
+                    signal.signal(signal.SIGTERM, self._previous_handler)
+                    self._handler_installed = False
 
 
 # --- params-only checkpoints ---------------------------------------------

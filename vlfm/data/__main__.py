@@ -3,10 +3,14 @@
     python -m vlfm.data train-sentencepiece --input corpus.txt [more.txt ...] --model_prefix out/spm \\
         --vocab_size 32000 [--model_type unigram|bpe] [--lowercase]
     python -m vlfm.data inspect --config configs/x.py [--split train] [--num 4]
+    python -m vlfm.data vqa-vocab --annotations v2_mscoco_train2014_annotations.json [more.json] \\
+        [--size 3129] [--field answers|multiple_choice_answer] --out answers.json
 
 ``train-sentencepiece`` writes ``<model_prefix>.model`` / ``.vocab`` (pad 0, unk 1, bos 2, eos 3,
 ``<mask>`` 4), loadable with ``tokenizer=dict(kind="sentencepiece", path=...)``. ``inspect`` prints the
-shapes and dtypes of a few examples of a config's dataset and the bad-data counters.
+shapes and dtypes of a few examples of a config's dataset and the bad-data counters. ``vqa-vocab``
+writes the top answers of VQAv2 annotation files (normalised, most frequent first) as a JSON list: the
+``answers`` file of the ``vqav2`` dataset and the classes of a VQA head.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from absl import flags
 from vlfm.data import build_dataset
 from vlfm.data.pipeline import pipeline_stats
 from vlfm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+from vlfm.data.vqav2 import build_vocabulary
 # An entry point, above every package: it reads a training config (the layering test exempts __main__ modules).
 from vlfm.train.config import load_config
 
@@ -49,6 +54,13 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
     it.close()
 
 
+def _vqa_vocab(args: argparse.Namespace) -> None:
+    answers = build_vocabulary(args.annotations, args.size, args.field)
+    with open(args.out, "w") as f:
+        json.dump(answers, f)
+    print(json.dumps({"out": args.out, "answers": len(answers), "first": answers[:5]}))
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m vlfm.data")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,11 +77,16 @@ def main(argv: list[str]) -> None:
     ins.add_argument("--config", required=True)
     ins.add_argument("--split", default="train")
     ins.add_argument("--num", type=int, default=4)
+    vocab = sub.add_parser("vqa-vocab", help="the top answers of VQAv2 annotation files, as a JSON list")
+    vocab.add_argument("--annotations", nargs="+", required=True)
+    vocab.add_argument("--size", type=int, default=3129)
+    vocab.add_argument("--field", default="answers", choices=("answers", "multiple_choice_answer"))
+    vocab.add_argument("--out", required=True)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "train-sentencepiece":
+    if args.command in ("train-sentencepiece", "vqa-vocab"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        _train_sentencepiece(args)
+        (_train_sentencepiece if args.command == "train-sentencepiece" else _vqa_vocab)(args)
     else:
         bad = [a for a in rest if not a.startswith("--config.")]
         if bad:

@@ -122,8 +122,9 @@ def _confusion(rng: np.random.Generator, kind: str, answer: str) -> str:
     return options[_other(rng, len(options), options.index(answer))]
 
 
-def vqa_example(split: str, index: int, attrs: dict[str, int], several: bool) -> tuple[str, str, np.ndarray]:
-    """(question, majority answer, soft scores over ANSWERS) for one image's main object."""
+def vqa_annotation(split: str, index: int, attrs: dict[str, int], several: bool) -> tuple[str, str, str, list[str]]:
+    """(question, true answer, question kind, the ten simulated annotators' answers) for one image's main
+    object."""
     rng = _rng(split, "vqa", index)
     color, shape, size, pos = (attrs[k] for k in ("color", "shape", "size", "position"))
     where = f" at the {shapes.POSITIONS[pos]}" if several else ""
@@ -142,18 +143,27 @@ def vqa_example(split: str, index: int, attrs: dict[str, int], several: bool) ->
         if not truth:
             c, s = (_other(rng, len(shapes.COLORS), c), s) if rng.random() < 0.5 else (c, _other(rng, 7, s))
         question, answer = f"is there a {_object(c, s)}{where}", "yes" if truth else "no"
+    given = [answer if rng.random() < ANNOTATOR_ACCURACY else _confusion(rng, kind, answer)
+             for _ in range(NUM_ANNOTATORS)]
+    return question, answer, kind, given
+
+
+def vqa_example(split: str, index: int, attrs: dict[str, int], several: bool) -> tuple[str, str, np.ndarray]:
+    """(question, majority answer, soft scores over ANSWERS) for one image's main object."""
+    question, _, _, given = vqa_annotation(split, index, attrs, several)
     counts = np.zeros(len(ANSWERS), np.float32)
-    for _ in range(NUM_ANNOTATORS):
-        given = answer if rng.random() < ANNOTATOR_ACCURACY else _confusion(rng, kind, answer)
-        counts[ANSWERS.index(given)] += 1
+    for answer in given:
+        counts[ANSWERS.index(answer)] += 1
     return question, ANSWERS[int(np.argmax(counts))], np.minimum(1.0, counts / 3.0)
 
 
 @DATASETS.register("shapes_vqa")
 def shapes_vqa(split: str, num_examples: int = 20_000, image_size: int = 32, max_objects: int = 2, max_len: int = 16,
-               cache_dir: str | None = None) -> DatasetBundle:
+               cache_dir: str | None = None, annotations: bool = False) -> DatasetBundle:
     """Image, question (``text``), ``vqa_targets`` (soft scores over ``info["answers"]``), ``label``
-    (the majority answer)."""
+    (the majority answer). ``annotations=True`` adds ``index`` and, as the ``vqav2`` dataset does,
+    ``info["annotator_answers"](index)`` (the ten simulated answers), ``question_ids`` and
+    ``answer_types``, for the ``vqav2`` evaluator's official rule."""
     data = shapes.load(split, num_examples, image_size, max_objects, cache_dir=cache_dir)
     questions, labels, targets = [], [], []
     for i in range(num_examples):
@@ -165,8 +175,14 @@ def shapes_vqa(split: str, num_examples: int = 20_000, image_size: int = 32, max
     ids, mask = _encode(questions, max_len)
     arrays = dict(image=data["image"], text=ids, text_mask=mask, vqa_targets=np.stack(targets),
                   label=np.array(labels, np.int32))
-    return _bundle(arrays, dict(name="shapes_vqa", max_len=max_len, answers=list(ANSWERS),
-                                num_answers=len(ANSWERS)))
+    info = dict(name="shapes_vqa", max_len=max_len, answers=list(ANSWERS), num_answers=len(ANSWERS))
+    if annotations:
+        given = [vqa_annotation(split, i, {k: int(data[k][i]) for k in ("color", "shape", "size", "position")},
+                                max_objects > 1) for i in range(num_examples)]
+        arrays["index"] = np.arange(num_examples, dtype=np.int32)
+        info.update(annotator_answers=[g[3] for g in given].__getitem__, question_ids=list(range(num_examples)),
+                    answer_types=["yes/no" if g[2] == "yesno" else "other" for g in given])
+    return _bundle(arrays, info)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ references, so it is a generous baseline: a model "far above" it describes each 
 from __future__ import annotations
 
 import collections
+import inspect
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,19 +28,32 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlfm.data.pipeline import build_dataset, eval_examples
+from vlfm.data.pipeline import DATASETS, build_dataset, eval_examples
 from vlfm.evaluators.caption_metrics import bleu, cider_d, tokenize
 from vlfm.evaluators.predict import predict_split
 from vlfm.evaluators.registry import EVALUATORS
 from vlfm.models.decoding import GenerateConfig
 
 log = logging.getLogger("vlfm")
+CAPTIONS_VIEW = "captions"  # the built-in data's view with an example ``index`` for reference look-ups
 
 
 def most_frequent(captions: Sequence[str]) -> str:
     """The most frequent caption; ties go to the alphabetically first, so every host agrees."""
     counts = collections.Counter(captions)
     return min(counts, key=lambda c: (-counts[c], c))
+
+
+def with_view(data: Mapping[str, Any], view: str | None) -> dict:
+    """``data`` reading ``view``. A dataset without views (webdataset, tfds, ...) is read as configured
+    when ``view`` is the default, ``captions``; any other view for it is an error."""
+    name = data.get("name")
+    takes_view = name in DATASETS and "view" in inspect.signature(DATASETS.get(name)).parameters
+    if view is None or (not takes_view and view == CAPTIONS_VIEW):
+        return dict(data)
+    if not takes_view:
+        raise ValueError(f"captioning view {view!r}: dataset {name!r} has no views (set view=None)")
+    return dict(data, view=view)
 
 
 @EVALUATORS.register("captioning")
@@ -50,13 +64,16 @@ class CaptioningEvaluator:
     ...; an unknown one fails naming the valid ones). ``bos_id``, ``eos_id`` and ``pad_id`` default to the
     data tokenizer's and ``max_length`` to the data's ``max_len - 1`` (BOS is not generated). ``inputs``:
     the batch keys the model's ``generation_context`` reads. ``num_references``: references per image
-    where the data offers several. ``view``: the data view to read (None: the data config's own). ``seed``:
+    where the data offers several. ``view``: the data view to read (None: the data config's own; the
+    default, ``captions``, applies to data that has views). ``seed``:
     for ``method="sample"``.
     """
 
+    CONFIG_SECTIONS = {"generate": GenerateConfig}  # config keys under ``generate`` are checked at load
+
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 64, generate: Mapping[str, Any] | None = None,
-                 num_references: int = 5, inputs: Sequence[str] = ("image",), view: str | None = "captions",
+                 num_references: int = 5, inputs: Sequence[str] = ("image",), view: str | None = CAPTIONS_VIEW,
                  seed: int = 0):
         if "generate" not in predict_fns:
             raise ValueError("the captioning evaluator needs a model that follows the generation contract "
@@ -64,7 +81,7 @@ class CaptioningEvaluator:
         if num_references < 1:
             raise ValueError(f"num_references must be >= 1, got {num_references}")
         self.generate_fn = predict_fns["generate"]
-        self.bundle = build_dataset(dict(data) if view is None else dict(data, view=view), split)
+        self.bundle = build_dataset(with_view(data, view), split)
         self.tokenizer = self.bundle.info["tokenizer"]
         options = dict(bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
         if "max_len" in self.bundle.info:

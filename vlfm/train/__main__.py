@@ -23,7 +23,8 @@ options:
   -h, --help              this text; with --config (and overrides): the resolved config's fields with
                           their values and the other keys each section accepts
 
-exit status: 0 done, 2 config error, 3 NaN/Inf loss, 4 the step will not fit (--dry_run)"""
+exit status: 0 done, 2 config error, 3 NaN/Inf loss, 4 the step will not fit (--dry_run),
+             5 another run holds the workdir, 6 a checkpoint could not be written (e.g. a full disk)"""
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, str | None, list[str], bool, bool]:
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not want_help:
         distributed.initialize()  # a no-op for single-process runs
+    from vlfm.core.checkpoint import CheckpointWriteError
+    from vlfm.core.workdir_lock import WorkdirInUseError
     from vlfm.train.aot import WillNotFitError
     from vlfm.train.config import ConfigError, describe_config, load_config
     from vlfm.train.trainer import NonFiniteLossError, train
@@ -93,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         logging.getLogger("vlfm").error("%s", e)
         return 3
+    except WorkdirInUseError as e:
+        logging.getLogger("vlfm").error("%s", e)
+        return 5
+    except CheckpointWriteError as e:
+        # The storage's own error first (with its traceback), then the one line that ends the run.
+        logging.getLogger("vlfm").error("the checkpoint write failed with:", exc_info=e.__cause__ or e)
+        logging.getLogger("vlfm").error("%s", e)
+        return 6
     return 0
 
 

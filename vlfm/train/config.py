@@ -15,7 +15,6 @@ import ast
 import importlib.util
 import json
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,8 @@ from etils import epath
 from ml_collections import ConfigDict
 
 import vlfm
+from vlfm.core.provenance import code_commit
+from vlfm.train.config_values import check_values
 from vlfm.train.schema import MISSING, ConfigError, Key, Section, config_schema, is_section, unknown_key_error, validate
 
 __all__ = ["ConfigError", "apply_override", "apply_overrides", "base_config", "config_from_record", "config_record",
@@ -73,8 +74,10 @@ def schema() -> Section:
 
 
 def validate_config(config: ConfigDict) -> None:
-    """Fails (ConfigError, naming the valid keys) on any key no schema accepts, in every section."""
+    """Fails (ConfigError, naming the valid keys) on any key no schema accepts, in every section, and
+    (naming the key) on any value outside its key's range (``vlfm.train.config_values``)."""
     validate(config, schema())
+    check_values(config)
 
 
 check_keys = validate_config  # the name the trainer used before the schema covered every section
@@ -252,16 +255,6 @@ def _decode(value: Any) -> Any:
     if set(value) == {"__placeholder__", "value"}:
         return ml_collections.FieldReference(_decode(value["value"]), field_type=_TYPES[value["__placeholder__"]])
     return ConfigDict({k: _decode(v) for k, v in value.items()})
-
-
-def code_commit() -> str:
-    """The git commit of the checkout vlfm is imported from ("unknown" outside a git checkout)."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(vlfm.__file__)))
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def config_record(config: ConfigDict) -> dict:

@@ -36,6 +36,7 @@ import re
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 
 log = logging.getLogger("vlfm")
 
@@ -155,3 +156,18 @@ def must_block_each_step() -> bool:
         return False
     threads = int(os.environ.get("PJRT_NPROC") or os.environ.get("NPROC") or len(os.sched_getaffinity(0)))
     return max(threads, jax.local_device_count()) < CPU_THREADS_PER_DEVICE * jax.local_device_count()
+
+
+def broadcast_text(text: str, size: int = 2048) -> str:
+    """Process 0's ``text`` (UTF-8, cut to ``size`` bytes) on every process; all processes must call it.
+
+    How the others learn what process 0 alone decided (e.g. that another run holds the workdir)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    buf = np.zeros(size, np.uint8)
+    data = np.frombuffer(text.encode()[:size], np.uint8)
+    buf[:len(data)] = data
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    return bytes(out).rstrip(b"\0").decode(errors="replace")

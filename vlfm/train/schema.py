@@ -85,7 +85,7 @@ def _params(fn: Callable, skip: int = 0, exclude: tuple[str, ...] = ()) -> tuple
 
 
 def _fields(cls: type) -> dict[str, Key]:
-    """A flax module's configurable dataclass fields."""
+    """A dataclass's configurable fields (a flax module's without ``parent`` and ``name``)."""
     out = {}
     for f in dataclasses.fields(cls):
         if f.init and f.name not in ("parent", "name"):
@@ -189,10 +189,21 @@ def losses_schema(where: str) -> Section:
 
 
 def eval_schema(name: str, cfg: Mapping, where: str) -> Section:
+    """The evaluator's keyword arguments; ``data`` is a data section, and an argument the evaluator lists in
+    ``CONFIG_SECTIONS`` (name -> dataclass, e.g. the captioning evaluator's ``generate`` options) is a
+    section with that dataclass's fields, so a typo in it fails at load and overrides are typed."""
     kind = cfg.get("type", name)
     cls = _get(EVALUATORS, kind, f"{where}.type" if "type" in cfg else where)
     params, takes_kwargs = _params(cls.__init__, skip=2)  # self, predict_fns
-    children = lambda key, value: data_schema(value, f"{where}.data") if key == "data" else None  # noqa: E731
+    sections = dict(getattr(cls, "CONFIG_SECTIONS", {}))
+
+    def children(key: str, value: Any) -> Section | None:
+        if key == "data":
+            return data_schema(value, f"{where}.data")
+        if key in sections:
+            return Section(f"{where}.{key} ({sections[key].__name__} fields)", _fields(sections[key]))
+        return None
+
     return Section(f"{where} (evaluator {kind})", {**{k: Key() for k in EVAL_KEYS}, **params}, children,
                    open=takes_kwargs)
 

@@ -30,6 +30,7 @@ from vlfm.core.checkpoint import Checkpointer, export_params
 from vlfm.core.metrics_writer import MetricWriter, format_duration
 from vlfm.core.sharding import batch_sharding, data_parallel_size, make_mesh, rules_from_config
 from vlfm.core.tree import count_params
+from vlfm.core.workdir_lock import LeaseLock, LocalLock, WorkdirInUseError, lock_workdir
 from vlfm.train import aot, distributed
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
@@ -50,10 +51,34 @@ def train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False
     """Trains (or resumes) in ``workdir``; returns the last logged and evaluated metrics.
 
     With ``dry_run`` it only compiles the step ahead of time for the configured mesh and returns the
-    per-device memory and FLOPs (raising ``WillNotFitError`` when it cannot fit).
+    per-device memory and FLOPs (raising ``WillNotFitError`` when it cannot fit). Another run holding
+    ``workdir`` raises ``WorkdirInUseError`` naming it, before anything is built.
     """
     validate_config(config)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://...: one filesystem layer (epath)
+    lock = _lock_workdir(workdir)
+    try:
+        return _train(config, workdir, dry_run)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_workdir(workdir: str) -> LocalLock | LeaseLock | None:
+    """Process 0 takes the workdir (``vlfm.core.workdir_lock``); every process learns its outcome."""
+    lock, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = lock_workdir(workdir)
+        except WorkdirInUseError as e:
+            refusal = str(e)
+    refusal = distributed.broadcast_text(refusal)
+    if refusal:
+        raise WorkdirInUseError(refusal if jax.process_index() == 0 else f"process 0 could not start: {refusal}")
+    return lock
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> dict[str, float]:
     mesh = make_mesh(config.mesh.shape, dcn_shape=config.mesh.get("dcn_shape"))
     rules = rules_from_config(config.mesh.get("rules", ()))
     model = build_model(config.model)
