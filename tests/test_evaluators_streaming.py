@@ -12,6 +12,7 @@ from vlfm.evaluators.predict import eval_batches, predict_all, predict_split
 from vlfm.evaluators.retrieval import recall_at_k
 from vlfm.train.config import base_config
 from vlfm.train.evaluation import build_evaluators, eval_data
+from vlfm.train.schema import eval_schema, validate
 
 SHAPES = dict(name="shapes", num_examples=64, image_size=16, max_len=12)
 
@@ -101,6 +102,8 @@ def test_multitask_eval_without_data_fails_instead_of_using_config_data():
 
 def test_multitask_eval_reads_a_task_data_by_name():
     c = _multitask_config(dict(acc=dict(type="classification", data="task:image", num_examples=8)))
+    # The schema accepts the "task:NAME" string where a data section may stand.
+    validate(c.evals.acc, eval_schema("acc", c.evals.acc, "evals.acc"))
     (ev, every), = build_evaluators(c, {"logits": None}).values()
     assert ev.bundle.info["name"] == "shapes" and every is None
 

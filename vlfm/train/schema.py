@@ -198,8 +198,8 @@ def eval_schema(name: str, cfg: Mapping, where: str) -> Section:
     sections = dict(getattr(cls, "CONFIG_SECTIONS", {}))
 
     def children(key: str, value: Any) -> Section | None:
-        if key == "data":
-            return data_schema(value, f"{where}.data")
+        if key == "data":  # a data section, or a string ("task:NAME": that task's data, checked there)
+            return data_schema(value, f"{where}.data") if is_section(value) else None
         if key in sections:
             return Section(f"{where}.{key} ({sections[key].__name__} fields)", _fields(sections[key]))
         return None
