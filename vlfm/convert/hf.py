@@ -667,19 +667,27 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
         # vlfm caps the temperature in the forward pass and HF does not: export the value the model uses.
         cap = model_config.get("max_logit_scale", math.log(100.0))
         flat["logit_scale"] = np.minimum(flat["logit_scale"], np.float32(cap))
-    tensors, used = {}, set()
-    for hf_key, vl_path, conv in _rows(kind, model_config, prefix):
-        if vl_path in flat:
-            tensors[hf_key] = np.array(_to_hf(conv, flat[vl_path]), order="C")  # keeps 0-d arrays 0-d
-            used.add(vl_path)
-    leftover = set(flat) - used
-    if leftover:
-        raise ValueError(f"these params have no place in an HF {kind} checkpoint: {_list(leftover)}")
+    tensors = rows_to_tensors(_rows(kind, model_config, prefix), flat, kind)
     text = model_config.get("text") or {}
     if kind == "bert" and text.get("mlm_head") and not text.get("tie_mlm_decoder", True):
         # Untied, transformers 5 reads the decoder's own bias (see _drop_duplicates); write both.
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
     write_hf_dir(path, hf_config, tensors, model_config, run_record)
+
+
+def rows_to_tensors(rows: Iterable[tuple[str, str, str]], flat: Mapping[str, np.ndarray],
+                    where: str) -> dict[str, np.ndarray]:
+    """HF tensors from flat vlfm params through ``rows`` (the inverse of ``map_tensors``); a param that
+    no row places raises, naming it."""
+    tensors, used = {}, set()
+    for hf_key, vl_path, conv in rows:
+        if vl_path in flat:
+            tensors[hf_key] = np.array(_to_hf(conv, flat[vl_path]), order="C")  # keeps 0-d arrays 0-d
+            used.add(vl_path)
+    leftover = set(flat) - used
+    if leftover:
+        raise ValueError(f"these params have no place in an HF {where} checkpoint: {_list(leftover)}")
+    return tensors
 
 
 def flat_params_matching(params: Any, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

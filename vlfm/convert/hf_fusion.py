@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlfm.convert.hf import (BERT_LAYER, BERT_TOP, BUFFER_SUFFIXES, CONFIG_NAME, HF_LOADERS, HF_SAVERS, VIT_LAYER,
-                             _act, _expand, _hf_act, _layers, _list, _plain, _read_tensors, _stack_layers, _to_hf,
-                             _tower_fields, flat_params_matching, map_tensors, square_size, write_hf_dir)
+                             _act, _expand, _hf_act, _layers, _plain, _read_tensors, _stack_layers,
+                             _tower_fields, flat_params_matching, map_tensors, rows_to_tensors, square_size,
+                             write_hf_dir)
 from vlfm.core.tree import merge_params, strip_boxes
 from vlfm.models import MODELS, build_model
 
@@ -351,7 +352,7 @@ def save_hf_vilt(model_config: Mapping[str, Any], params: Any, path: str | os.Pa
     hf_config, cls = _vilt_hf_config(m)
     flat = flat_params_matching(params, fusion_param_shapes(m))
     prefix = "" if cls == "ViltModel" else "vilt."
-    tensors = _rows_to_tensors(_vilt_rows(m, prefix), flat, cls)
+    tensors = rows_to_tensors(_vilt_rows(m, prefix), flat, cls)
     _check_expressed(m, _vilt_config(hf_config, {k: v.shape for k, v in tensors.items()}, scan=m["scan"]), "ViLT")
     if m["mlm"]:
         word = tensors[f"{prefix}embeddings.text_embeddings.word_embeddings.weight"]
@@ -427,18 +428,6 @@ def _filled(model: Mapping[str, Any]) -> dict:
     return m
 
 
-def _rows_to_tensors(rows: list, flat: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    tensors, used = {}, set()
-    for hf_key, vl_path, conv in rows:
-        if vl_path in flat:
-            tensors[hf_key] = np.array(_to_hf(conv, flat[vl_path]), order="C")  # keeps 0-d arrays 0-d
-            used.add(vl_path)
-    leftover = set(flat) - used
-    if leftover:
-        raise ValueError(f"these params have no place in an HF {where} checkpoint: {_list(leftover)}")
-    return tensors
-
-
 @HF_SAVERS.register("bridgetower")
 def save_hf_bridgetower(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
                         run_record: Mapping[str, Any] | None = None) -> None:
@@ -455,7 +444,7 @@ def save_hf_bridgetower(model_config: Mapping[str, Any], params: Any, path: str 
     hf_config, cls = _bridgetower_hf_config(m)
     flat = flat_params_matching(params, fusion_param_shapes(m))
     prefix = "" if cls == "BridgeTowerModel" else "bridgetower."
-    tensors = _rows_to_tensors(_bridgetower_rows(m, prefix), flat, cls)
+    tensors = rows_to_tensors(_bridgetower_rows(m, prefix), flat, cls)
     _merge_in_proj(tensors)
     _check_expressed(m, _bridgetower_config(hf_config, _split_shapes(tensors), scan=m["scan"]), "BridgeTower")
     write_hf_dir(path, hf_config, tensors, model_config, run_record)
