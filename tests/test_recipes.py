@@ -10,7 +10,6 @@ import textwrap
 import pytest
 
 from tests.helpers import REPO
-from vlfm.evaluate import obtain_config
 from vlfm.evaluate.__main__ import parse_args as evaluate_args
 from vlfm.train.__main__ import parse_args as train_args
 from vlfm.train.config import load_config
@@ -74,12 +73,16 @@ def test_recipe_commands_give_configs_that_load(name):
     kinds = sorted({argv[1] for argv in commands})
     assert kinds == ["vlfm.evaluate", "vlfm.train"], commands
     assert len([a for a in commands if a[1] == "vlfm.train"]) >= 2, "a TPU and a SLURM launch"
+    runs = {}  # workdir -> (config file, overrides) of the launches: what `--workdir` evaluation reads back
     for argv in commands:
         if argv[1] == "vlfm.train":
-            config, _, overrides, _, _ = train_args(argv[2:])
+            config, workdir, overrides, _, _ = train_args(argv[2:])
             load_config(config, overrides)
-        else:
+            runs[workdir] = (config, overrides)
+    for argv in commands:
+        if argv[1] == "vlfm.evaluate":
             args = evaluate_args(argv[2:])
-            args["--config"] = args.get("--config") or os.path.join(REPO, "configs", f"{name}.py")
-            config = obtain_config(args["--config"], args["overrides"])
+            assert args["weights"][0] == "workdir" and args["weights"][1] in runs, (argv, sorted(runs))
+            config, overrides = runs[args["weights"][1]]
+            config = load_config(args.get("--config") or config, overrides + args["overrides"])
             assert config.evals, argv
