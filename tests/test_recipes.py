@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import REPO
 from vlfm.evaluate.__main__ import parse_args as evaluate_args
 from vlfm.train.__main__ import parse_args as train_args
-from vlfm.train.config import load_config
+from vlfm.train.config import ConfigError, load_config
 
 PAPER_CONFIGS = ("clip_b16", "vit_b16", "bert_base", "vilt_b32", "meter_clip16_roberta", "bridgetower_base",
                  "ufo_base")
@@ -86,3 +86,12 @@ def test_recipe_commands_give_configs_that_load(name):
             config, overrides = runs[args["weights"][1]]
             config = load_config(args.get("--config") or config, overrides + args["overrides"])
             assert config.evals, argv
+
+
+def test_an_eval_may_read_a_task_data_by_name_and_a_bad_name_fails_at_load():
+    """``data="task:NAME"`` (a multi-task run's evals) used to crash the schema check with an AttributeError."""
+    config = os.path.join(REPO, "configs", "ufo_base.py")
+    ok = load_config(config, ["evals={'mlm': {'type': 'mlm_accuracy', 'data': 'task:text'}}"])
+    assert ok.evals.mlm.data == "task:text"
+    with pytest.raises(ConfigError, match="evals.mlm.data: 'text' is neither a data config nor 'task:NAME'"):
+        load_config(config, ["evals={'mlm': {'type': 'mlm_accuracy', 'data': 'text'}}"])

@@ -199,6 +199,10 @@ def eval_schema(name: str, cfg: Mapping, where: str) -> Section:
 
     def children(key: str, value: Any) -> Section | None:
         if key == "data":
+            if isinstance(value, str):  # "task:NAME": a task's data, checked against the tasks when built
+                if not value.startswith("task:"):
+                    raise ConfigError(f"{where}.data: {value!r} is neither a data config nor 'task:NAME'")
+                return None
             return data_schema(value, f"{where}.data")
         if key in sections:
             return Section(f"{where}.{key} ({sections[key].__name__} fields)", _fields(sections[key]))
