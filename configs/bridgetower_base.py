@@ -26,8 +26,8 @@ images, 50 text tokens, 15% masking without whole-word masking (RoBERTa). Downst
 fine-tunings cannot be run on real data.
 
 Not yet possible in vlfm: RoBERTa's byte-level BPE tokenizer (vlfm tokenizes with WordPiece and
-SentencePiece only) and starting the towers from separate CLIP ViT-B/16 and RoBERTa-base checkpoints.
-The launch below therefore uses a 50,265-piece SentencePiece vocabulary trained on the captions and
+SentencePiece only) and starting the towers from separate CLIP ViT-B/16 and RoBERTa-base checkpoints
+(``init_from`` reads one source). The launch below therefore uses a 50,265-piece SentencePiece vocabulary trained on the captions and
 towers trained from scratch: it runs the paper's objectives and data, not its initialisation, and
 should not be expected to reach the figures below.
 
