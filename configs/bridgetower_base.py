@@ -1,4 +1,4 @@
-"""BridgeTower-Base at HF ``BridgeTowerConfig()`` sizes: 326,347,008 parameters without heads (equal to
+r"""BridgeTower-Base at HF ``BridgeTowerConfig()`` sizes: 326,347,008 parameters without heads (equal to
 HF ``BridgeTowerModel``), pretrained with MLM + ITM (random negatives), the paper's
 ``task_mlm_itm_clip_bert``.
 
@@ -15,6 +15,90 @@ Command (GPU/TPU; on the built-in data as a smoke test):
     python -m vlfm.train --config configs/bridgetower_base.py --workdir workdirs/bridgetower_base
 
 Import HF checkpoints with ``python -m vlfm.convert import``. Runtime: not run on CPU.
+
+Paper-data recipe
+-----------------
+Datasets: the "4M" pretraining set: COCO captions, Visual Genome region captions, SBU Captions and
+Google Conceptual Captions (GCC = CC3M), mixed within each batch in proportion to their images; 288 px
+images, 50 text tokens, 15% masking without whole-word masking (RoBERTa). Downstream: VQAv2 (the
+``vqav2`` reader and evaluator, as in ``configs/vilt_b32.py`` with ``model.vqa_answers=3129`` and
+576 px images). NLVR2 and SNLI-VE have no reader for their released files yet, so those
+fine-tunings cannot be run on real data.
+
+Not yet possible in vlfm: RoBERTa's byte-level BPE tokenizer (vlfm tokenizes with WordPiece and
+SentencePiece only) and starting the towers from separate CLIP ViT-B/16 and RoBERTa-base checkpoints
+(``init_from`` reads one source). The launch below therefore uses a 50,265-piece SentencePiece vocabulary trained on the captions and
+towers trained from scratch: it runs the paper's objectives and data, not its initialisation, and
+should not be expected to reach the figures below.
+
+Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip install -e ".[tfds_prepare]"``):
+    # GCC = CC3M: Train_GCC-training.tsv (caption, url; no header) from the Conceptual Captions site
+    sed -i '1s/^/caption\turl\n/' Train_GCC-training.tsv
+    img2dataset --url_list Train_GCC-training.tsv --input_format tsv --url_col url --caption_col caption \
+        --output_format webdataset --output_folder $ROOT/cc3m --processes_count 16 --thread_count 64 \
+        --image_size 640 --resize_mode keep_ratio
+    # SBU: sbu-captions-all.json (parallel lists `image_urls`, `captions`) from the SBU Captions site
+    python -c "import csv, json; d = json.load(open('sbu-captions-all.json')); w = csv.writer(open('sbu.tsv', 'w'), delimiter='\t'); w.writerow(['url', 'caption']); w.writerows(zip(d['image_urls'], d['captions']))"
+    img2dataset --url_list sbu.tsv --input_format tsv --url_col url --caption_col caption \
+        --output_format webdataset --output_folder $ROOT/sbu --processes_count 16 --thread_count 64 \
+        --image_size 640 --resize_mode keep_ratio
+    # COCO captions (Karpathy splits, 5 captions per image; a random one per step in training)
+    tfds build coco_captions --data_dir $ROOT/tfds
+    # VG: region_descriptions.json and the VG_100K / VG_100K_2 image folders from visualgenome.org.
+    # img2dataset reads URLs only, so write the shards directly: one sample per image, its region
+    # phrases in KEY.json ({"captions": [...]}; a random one per step in training).
+    python - <<'PY'
+    import io, json, os, tarfile
+    root, regions = os.environ["ROOT"], json.load(open("region_descriptions.json"))
+    os.makedirs(f"{root}/vg", exist_ok=True)
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
+    for start in range(0, len(regions), 1000):
+        with tarfile.open(f"{root}/vg/{start // 1000:05d}.tar", "w") as tar:
+            for entry in regions[start:start + 1000]:
+                image_id = entry["id"]
+                path = next(p for p in (f"VG_100K/{image_id}.jpg", f"VG_100K_2/{image_id}.jpg") if os.path.exists(p))
+                add(tar, f"{image_id}.jpg", open(path, "rb").read())
+                add(tar, f"{image_id}.json", json.dumps({"captions": [r["phrase"] for r in entry["regions"]]}).encode())
+    PY
+    # the text vocabulary (see the note on RoBERTa above), from the training captions
+    cut -f1 Train_GCC-training.tsv | tail -n +2 > captions.txt
+    python -m vlfm.data train-sentencepiece --input captions.txt --model_prefix $ROOT/spm --vocab_size 50265
+
+Launch (tests/test_recipes.py checks that these commands, through the launchers' dry runs, give
+configs that load):
+    ROOT=/mnt/vlfm/data    # TPU: the bucket's data/ folder, mounted on every worker by `tpu_pod.sh setup`;
+                           # SLURM: a file system every node sees, e.g. ROOT=/shared/data
+    IMG="{'size': 288, 'scale': (0.8, 1.0), 'eval_crop': 'clip', 'mean_std': 'clip'}"
+    TOK="{'kind': 'sentencepiece', 'path': '$ROOT/spm.model'}"
+    TXT="{'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
+    JSON_TXT="{'key': 'json/captions', 'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
+    COCO_TXT="{'key': 'captions/text', 'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
+    DATA="{'name': 'mixture', 'batch_size': 4096, 'num_workers': 16, 'datasets': {
+             'gcc': {'name': 'webdataset', 'weight': 3.0, 'urls': {'train': '$ROOT/cc3m/*.tar'}, 'image': $IMG, 'text': $TXT},
+             'sbu': {'name': 'webdataset', 'weight': 0.87, 'urls': {'train': '$ROOT/sbu/*.tar'}, 'image': $IMG, 'text': $TXT},
+             'vg': {'name': 'webdataset', 'weight': 0.11, 'urls': {'train': '$ROOT/vg/*.tar'}, 'image': $IMG, 'text': $JSON_TXT},
+             'coco': {'name': 'tfds', 'weight': 0.11, 'tfds_name': 'coco_captions', 'data_dir': '$ROOT/tfds',
+                      'split_names': {'train': 'train+restval'}, 'image': $IMG, 'text': $COCO_TXT}}}"
+    COCO_VAL="{'name': 'tfds', 'tfds_name': 'coco_captions', 'data_dir': '$ROOT/tfds', 'split_names': {'validation': 'val'},
+               'image': $IMG, 'text': $COCO_TXT}"
+    EVALS="{'itm': {'type': 'itm_accuracy', 'every': 5000, 'num_examples': 5000, 'data': $COCO_VAL},
+            'mlm': {'type': 'vl_mlm_accuracy', 'every': 5000, 'num_examples': 5000, 'data': $COCO_VAL}}"
+    # on a TPU slice
+    export TPU_NAME=vlfm-v5p ZONE=us-east5-a ACCELERATOR=v5p-128 BUCKET=gs://my-bucket
+    launch/tpu_pod.sh run configs/bridgetower_base.py bridgetower_base --config.data="$DATA" --config.evals="$EVALS" \
+        --config.model.text.vocab_size=50265
+    # or on a SLURM GPU cluster (8 nodes x 8 GPUs)
+    CONFIG=configs/bridgetower_base.py WORKDIR=/shared/workdirs/bridgetower_base sbatch --nodes=8 launch/slurm.sbatch \
+        --config.data="$DATA" --config.evals="$EVALS" --config.model.text.vocab_size=50265
+
+Evaluate saved weights (``python -m vlfm.evaluate``; ITM and MLM accuracy on COCO val; after a VQAv2
+fine-tuning, the ``vqav2`` protocol as in ``configs/vilt_b32.py``):
+    python -m vlfm.evaluate --workdir /shared/workdirs/bridgetower_base --progress log --format table
+
+Reported figures a reproduction should reach (the paper digest): VQAv2 test-std 78.73 (Base, 4M images)
+[ABS; SRC microsoft/BridgeTower README]; [MEM, recalled from the paper, not verified] VQAv2 test-dev
+78.66, NLVR2 test-P 83.1, Flickr30k IR@1 / TR@1 85.8 / 94.7, SNLI-VE 81.1.
 """
 
 import ml_collections

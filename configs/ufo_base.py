@@ -1,4 +1,4 @@
-"""UFO at the paper's size: a ViT-B/16-shaped shared encoder (12 layers, width 768, 12 heads, MLP 3072)
+r"""UFO at the paper's size: a ViT-B/16-shaped shared encoder (12 layers, width 768, 12 heads, MLP 3072)
 with a BERT-base vocabulary (30,522 word pieces, 512 positions) and an untied MLM head: 134,466,850
 parameters with the ImageNet-1k classifier (133,740,914 with the 56-class head of ``:shapes``).
 
@@ -19,9 +19,50 @@ pixels. To distil from vlfm-trained teachers instead, give each ``config``/``mod
 
 Commands (accelerators):
     python -m vlfm.train --config configs/ufo_base.py --workdir gs://bucket/ufo_base
-    python -m vlfm.train --config configs/ufo_base.py:shapes --workdir workdirs/ufo_base_shapes \\
+    python -m vlfm.train --config configs/ufo_base.py:shapes --workdir workdirs/ufo_base_shapes \
         --config.teachers.vit.params=workdirs/vit_b16/params --config.teachers.bert.params=workdirs/bert_base/params
 Expected runtime: not measured (needs accelerators); ``--dry_run`` prints per-device memory.
+
+Paper-data recipe
+-----------------
+Datasets: ImageNet-1k (TFDS ``imagenet2012``) for the image task and its top-1 accuracy; English
+Wikipedia + BookCorpus as plain text, one document per line, for MLM (BERT's uncased ``vocab.txt``);
+the teachers from HF ``google/vit-base-patch16-224`` and ``bert-base-uncased`` checkpoint directories.
+
+Prepare (once; ``pip install -e ".[tfds_prepare]"``):
+    # ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (image-net.org) in $ROOT/tfds/downloads/manual/
+    tfds build imagenet2012 --data_dir $ROOT/tfds
+    # the text corpus: as in configs/bert_base.py (TFDS wikipedia/<date>.en written one article per
+    # line into $ROOT/corpus/ and a held-out part into $ROOT/corpus-valid/)
+    # the teachers and the vocabulary: the HF checkpoint directories (config.json + weights) in
+    # $ROOT/hf/vit-base-patch16-224 and $ROOT/hf/bert-base-uncased (vocab.txt is in the latter)
+
+Launch (tests/test_recipes.py checks that these commands, through the launchers' dry runs, give
+configs that load):
+    ROOT=/mnt/vlfm/data    # TPU: the bucket's data/ folder, mounted on every worker by `tpu_pod.sh setup`;
+                           # SLURM: a file system every node sees, e.g. ROOT=/shared/data
+    EVALS="{'imagenet': {'type': 'classification', 'every': 5000, 'split': 'validation', 'data': 'task:image'},
+            'mlm': {'type': 'mlm_accuracy', 'every': 5000, 'split': 'validation', 'num_examples': 10000,
+                    'data': 'task:text'}}"
+    PATHS="--config.tasks.image.data.data_dir=$ROOT/tfds --config.tasks.text.data.paths.train=$ROOT/corpus/*.txt
+           --config.tasks.text.data.paths.validation=$ROOT/corpus-valid/*.txt
+           --config.tasks.text.data.text.tokenizer.path=$ROOT/hf/bert-base-uncased/vocab.txt
+           --config.teachers.vit.hf=$ROOT/hf/vit-base-patch16-224 --config.teachers.bert.hf=$ROOT/hf/bert-base-uncased"
+    # on a TPU slice
+    export TPU_NAME=vlfm-v5p ZONE=us-east5-a ACCELERATOR=v5p-64 BUCKET=gs://my-bucket
+    launch/tpu_pod.sh run configs/ufo_base.py ufo_base --config.evals="$EVALS" $PATHS
+    # or on a SLURM GPU cluster (4 nodes x 8 GPUs)
+    CONFIG=configs/ufo_base.py WORKDIR=/shared/workdirs/ufo_base sbatch --nodes=4 launch/slurm.sbatch \
+        --config.evals="$EVALS" $PATHS
+
+Evaluate saved weights (``python -m vlfm.evaluate``; ImageNet top-1 of the image head and MLM accuracy;
+the paper evaluates by fine-tuning, with layer-wise learning-rate decay:
+``--config.optimizer.layer_decay='{"decay": 0.65, "num_layers": 12}'``):
+    python -m vlfm.evaluate --workdir /shared/workdirs/ufo_base --progress log --format table
+
+Reported figures: none to reach. The paper digest gives UFO's results only qualitatively ("approaches
+separately trained models" on ImageNet and GLUE after fine-tuning, [ABS]); its gradient-masking rule
+is recalled, not verified [MEM], and vlfm's ``random`` masking is a documented choice.
 """
 
 import os

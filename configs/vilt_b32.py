@@ -1,4 +1,4 @@
-"""ViLT-B/32 at HF ``ViltConfig()`` sizes: 111,595,008 parameters without heads (equal to HF
+r"""ViLT-B/32 at HF ``ViltConfig()`` sizes: 111,595,008 parameters without heads (equal to HF
 ``ViltModel``), pretrained with MLM (whole-word masking) + ITM + word-patch alignment (weight 0.1).
 
 ViLT-B/32 is a ViT-B/32 transformer (12 layers, width 768, pre-LN, LayerNorm eps 1e-12) over
@@ -16,6 +16,115 @@ Command (GPU/TPU; on the built-in data as a smoke test, real corpora come from t
 Hyperparameters follow dandelin/ViLT: AdamW lr 1e-4, weight decay 0.01, 10% warm-up then linear
 decay, batch 4096 in the paper (256 here). Runtime: measure with ``benchmarks/train_step.py``; not
 run on CPU.
+
+Paper-data recipe
+-----------------
+Datasets: the "4M" pretraining set of ViLT: COCO captions, Visual Genome region captions, SBU Captions
+and Google Conceptual Captions (GCC = CC3M), about 4.1M images and 10M captions [MEM], mixed within
+each batch in proportion to their images; text: BERT's uncased WordPiece, 40 tokens, 15% whole-word
+masking. Downstream: VQAv2 (the ``vqav2`` reader: question / annotation JSON files and COCO images).
+NLVR2 and SNLI-VE have no reader for their released files yet (only the built-in ``shapes_nlvr2`` /
+``shapes_snli_ve``), so those fine-tunings cannot be run on real data.
+
+Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip install -e ".[tfds_prepare]"``):
+    # GCC = CC3M: Train_GCC-training.tsv (caption, url; no header) from the Conceptual Captions site
+    sed -i '1s/^/caption\turl\n/' Train_GCC-training.tsv
+    img2dataset --url_list Train_GCC-training.tsv --input_format tsv --url_col url --caption_col caption \
+        --output_format webdataset --output_folder $ROOT/cc3m --processes_count 16 --thread_count 64 \
+        --image_size 640 --resize_mode keep_ratio
+    # SBU: sbu-captions-all.json (parallel lists `image_urls`, `captions`) from the SBU Captions site
+    python -c "import csv, json; d = json.load(open('sbu-captions-all.json')); w = csv.writer(open('sbu.tsv', 'w'), delimiter='\t'); w.writerow(['url', 'caption']); w.writerows(zip(d['image_urls'], d['captions']))"
+    img2dataset --url_list sbu.tsv --input_format tsv --url_col url --caption_col caption \
+        --output_format webdataset --output_folder $ROOT/sbu --processes_count 16 --thread_count 64 \
+        --image_size 640 --resize_mode keep_ratio
+    # COCO captions (Karpathy splits, 5 captions per image; a random one per step in training)
+    tfds build coco_captions --data_dir $ROOT/tfds
+    # VG: region_descriptions.json and the VG_100K / VG_100K_2 image folders from visualgenome.org.
+    # img2dataset reads URLs only, so write the shards directly: one sample per image, its region
+    # phrases in KEY.json ({"captions": [...]}; a random one per step in training).
+    python - <<'PY'
+    import io, json, os, tarfile
+    root, regions = os.environ["ROOT"], json.load(open("region_descriptions.json"))
+    os.makedirs(f"{root}/vg", exist_ok=True)
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
+    for start in range(0, len(regions), 1000):
+        with tarfile.open(f"{root}/vg/{start // 1000:05d}.tar", "w") as tar:
+            for entry in regions[start:start + 1000]:
+                image_id = entry["id"]
+                path = next(p for p in (f"VG_100K/{image_id}.jpg", f"VG_100K_2/{image_id}.jpg") if os.path.exists(p))
+                add(tar, f"{image_id}.jpg", open(path, "rb").read())
+                add(tar, f"{image_id}.json", json.dumps({"captions": [r["phrase"] for r in entry["regions"]]}).encode())
+    PY
+    # BERT's uncased WordPiece vocabulary: vocab.txt of HF bert-base-uncased in $ROOT/bert-base-uncased/
+    # VQAv2 (visualqa.org): v2_OpenEnded_mscoco_{train2014,val2014,test-dev2015}_questions.json,
+    # v2_mscoco_{train2014,val2014}_annotations.json in $ROOT/vqav2/; COCO train2014, val2014 and test2015
+    # images in $ROOT/coco/; the answer vocabulary (the 3,129 most frequent normalised answers):
+    python -m vlfm.data vqa-vocab --annotations $ROOT/vqav2/v2_mscoco_train2014_annotations.json \
+        --size 3129 --out $ROOT/vqav2/answers.json
+
+Launch (tests/test_recipes.py checks that these commands, through the launchers' dry runs, give
+configs that load):
+    ROOT=/mnt/vlfm/data    # TPU: the bucket's data/ folder, mounted on every worker by `tpu_pod.sh setup`;
+                           # SLURM: a file system every node sees, e.g. ROOT=/shared/data
+    IMG="{'size': 384, 'scale': (0.8, 1.0)}"
+    TXT="{'tokenizer': {'kind': 'wordpiece', 'path': '$ROOT/bert-base-uncased/vocab.txt'}, 'max_len': 40,
+          'mlm_prob': 0.15, 'whole_word': True}"
+    JSON_TXT="{'key': 'json/captions', 'tokenizer': {'kind': 'wordpiece', 'path': '$ROOT/bert-base-uncased/vocab.txt'},
+               'max_len': 40, 'mlm_prob': 0.15, 'whole_word': True}"
+    COCO_TXT="{'key': 'captions/text', 'tokenizer': {'kind': 'wordpiece', 'path': '$ROOT/bert-base-uncased/vocab.txt'},
+               'max_len': 40, 'mlm_prob': 0.15, 'whole_word': True}"
+    DATA="{'name': 'mixture', 'batch_size': 4096, 'num_workers': 16, 'datasets': {
+             'gcc': {'name': 'webdataset', 'weight': 3.0, 'urls': {'train': '$ROOT/cc3m/*.tar'}, 'image': $IMG, 'text': $TXT},
+             'sbu': {'name': 'webdataset', 'weight': 0.87, 'urls': {'train': '$ROOT/sbu/*.tar'}, 'image': $IMG, 'text': $TXT},
+             'vg': {'name': 'webdataset', 'weight': 0.11, 'urls': {'train': '$ROOT/vg/*.tar'}, 'image': $IMG, 'text': $JSON_TXT},
+             'coco': {'name': 'tfds', 'weight': 0.11, 'tfds_name': 'coco_captions', 'data_dir': '$ROOT/tfds',
+                      'split_names': {'train': 'train+restval'}, 'image': $IMG, 'text': $COCO_TXT}}}"
+    COCO_VAL="{'name': 'tfds', 'tfds_name': 'coco_captions', 'data_dir': '$ROOT/tfds', 'split_names': {'validation': 'val'},
+               'image': $IMG, 'text': $COCO_TXT}"
+    EVALS="{'itm': {'type': 'itm_accuracy', 'every': 5000, 'num_examples': 5000, 'data': $COCO_VAL},
+            'mlm': {'type': 'vl_mlm_accuracy', 'every': 5000, 'num_examples': 5000, 'data': $COCO_VAL}}"
+    # on a TPU slice
+    export TPU_NAME=vlfm-v5p ZONE=us-east5-a ACCELERATOR=v5p-128 BUCKET=gs://my-bucket
+    launch/tpu_pod.sh run configs/vilt_b32.py vilt_b32 --config.data="$DATA" --config.evals="$EVALS" \
+        --config.total_steps=200000 --config.optimizer.lr.warmup_steps=20000 \
+        --config.init_from.hf=$ROOT/hf/vit-base-patch32-384
+    # or on a SLURM GPU cluster (8 nodes x 8 GPUs)
+    CONFIG=configs/vilt_b32.py WORKDIR=/shared/workdirs/vilt_b32 sbatch --nodes=8 launch/slurm.sbatch \
+        --config.data="$DATA" --config.evals="$EVALS" --config.total_steps=200000 \
+        --config.optimizer.lr.warmup_steps=20000 --config.init_from.hf=$ROOT/hf/vit-base-patch32-384
+    # VQAv2 fine-tuning from the pretrained run (train + val questions as ViLT does for test-dev would
+    # be a mixture of two vqav2 datasets; this trains on train and scores val)
+    VQA="{'name': 'vqav2', 'answers': '$ROOT/vqav2/answers.json', 'batch_size': 256, 'num_workers': 16,
+          'questions': {'train': '$ROOT/vqav2/v2_OpenEnded_mscoco_train2014_questions.json',
+                        'validation': '$ROOT/vqav2/v2_OpenEnded_mscoco_val2014_questions.json',
+                        'test': '$ROOT/vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json'},
+          'annotations': {'train': '$ROOT/vqav2/v2_mscoco_train2014_annotations.json',
+                          'validation': '$ROOT/vqav2/v2_mscoco_val2014_annotations.json'},
+          'images': {'train': '$ROOT/coco/train2014/COCO_train2014_{image_id:012d}.jpg',
+                     'validation': '$ROOT/coco/val2014/COCO_val2014_{image_id:012d}.jpg',
+                     'test': '$ROOT/coco/test2015/COCO_test2015_{image_id:012d}.jpg'},
+          'image': {'size': 384}, 'text': {'tokenizer': {'kind': 'wordpiece', 'path': '$ROOT/bert-base-uncased/vocab.txt'},
+                                           'max_len': 40}}"
+    VQA_EVALS="{'vqav2': {'type': 'vqav2', 'every': 2000, 'split': 'validation', 'data': $VQA},
+                'testdev': {'type': 'vqav2', 'every': 100000, 'split': 'test', 'data': $VQA,
+                            'results_file': '/shared/workdirs/vilt_b32_vqa/vqav2_test-dev.json'}}"
+    CONFIG=configs/vilt_b32.py WORKDIR=/shared/workdirs/vilt_b32_vqa sbatch --nodes=1 launch/slurm.sbatch \
+        --config.data="$VQA" --config.evals="$VQA_EVALS" --config.losses="{'vqa_bce': {'weight': 1.0}}" \
+        --config.model.mlm=false --config.model.itm=none --config.model.vqa_answers=3129 \
+        --config.total_steps=25000 --config.optimizer.lr.warmup_steps=2500 \
+        --config.init_from.params=/shared/workdirs/vilt_b32/params
+
+Evaluate saved weights with the standard protocols (``python -m vlfm.evaluate``; ``vqav2``: the official
+normalisation and leave-one-out accuracy on val, and the test-dev submission file for the server):
+    python -m vlfm.evaluate --workdir /shared/workdirs/vilt_b32 --progress log --format table
+    python -m vlfm.evaluate --workdir /shared/workdirs/vilt_b32_vqa --progress log --format table
+
+Reported figures a reproduction should reach (the paper digest, ViLT-B/32 200k steps; all [MEM]:
+recalled from the paper, "fairly confident", not verified against it): VQAv2 test-dev 71.26; NLVR2
+dev / test-P 75.70 / 76.13; COCO fine-tuned TR@1 / IR@1 61.5 / 42.7; Flickr30k fine-tuned 83.5 / 64.4;
+zero-shot Flickr30k 73.2 / 55.0. The released checkpoints are "ViLT-B/32 200k" [SRC dandelin/ViLT
+README, via the digest].
 """
 
 import ml_collections

@@ -93,6 +93,24 @@ def test_evals_picks_some_and_overrides_apply(run, capsys):
     assert got["eval/zeroshot/chance"] == final["eval/zeroshot/chance"]
 
 
+def test_progress_and_table_leave_the_metrics_alone(run, capsys, tmp_path):
+    """``--progress log`` reports every pass (batches / total, examples/s) and ``--format table`` prints the
+    metrics as a markdown table; the metrics are the trainer's own either way."""
+    config, workdir, final = run
+    rc, out, err = _evaluate(capsys, "--config", config, "--params", str(workdir / "params"), "--progress", "log",
+                             "--format", "table", "--json", str(tmp_path / "m.json"))
+    assert rc == 0, err[-3000:]
+    assert _metrics((tmp_path / "m.json").read_text()) == final
+    assert "eval retrieval (1/2): 3/3 batches, 40 examples" in err and "examples/s" in err, err[-3000:]
+    assert "eval zeroshot (2/2): " in err
+    table = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line.rsplit("|", 2)[1].strip()
+             for line in out.splitlines()[2:]}
+    assert table[("retrieval", "i2t_r1")] == f"{final['eval/retrieval/i2t_r1']:.4f}"
+    assert {f"eval/{n}/{m}" for n, m in table if m != "seconds"} == set(final)
+    with pytest.raises(SystemExit, match="--progress must be one of auto, bar, log, off"):
+        main(["--config", config, "--params", str(workdir / "params"), "--progress", "loud"])
+
+
 def test_clear_errors(run, capsys, tmp_path):
     config, workdir, _ = run
     params = str(workdir / "params")

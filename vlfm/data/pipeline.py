@@ -217,8 +217,23 @@ def eval_arrays(bundle: DatasetBundle, limit: int | None = None) -> dict[str, np
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+class HintedRows:
+    """Evaluation rows (an iterable; each ``iter`` starts them afresh) with the number this host expects
+    to read as ``operator.length_hint``, for progress reports: exact for random-access splits without bad
+    examples, the ``limit`` share for streams, unknown (no hint) for a whole stream."""
+
+    def __init__(self, rows: Callable[[], Iterator[tuple[int, dict[str, Any]]]], expected: int | None):
+        self._rows, self.expected = rows, expected
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        return self._rows()
+
+    def __length_hint__(self) -> int:
+        return NotImplemented if self.expected is None else self.expected
+
+
 def eval_examples(bundle: DatasetBundle, limit: int | None = None, *, process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+                  process_count: int | None = None) -> HintedRows:
     """This host's share of the first ``limit`` usable examples of a held-out split, in order, as
     ``(index, example)`` pairs: what an evaluator reads, so no host holds the whole split.
 
@@ -226,7 +241,8 @@ def eval_examples(bundle: DatasetBundle, limit: int | None = None, *, process_in
     shards of a streamed one) and keeps ``limit // P`` (+1 for the first ``limit % P`` hosts) usable
     examples; its j-th example has index ``p + P * j``, so results gathered in index order are those of
     one host reading the first ``limit`` examples. Random transforms run with a fixed seed per host, so
-    evaluation inputs are the same every time.
+    evaluation inputs are the same every time. The result's ``length_hint`` is how many rows this host
+    expects (``HintedRows``).
     """
     if process_index is None or process_count is None:
         import jax
@@ -234,12 +250,20 @@ def eval_examples(bundle: DatasetBundle, limit: int | None = None, *, process_in
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     share = None if limit is None else int(limit) // process_count + (process_index < int(limit) % process_count)
-    if share == 0:
-        return
-    it = iter(bundle.example_stream(seed=0, process_index=process_index, process_count=process_count,
-                                    num_epochs=1, shuffle=False))
-    try:
-        for j, example in enumerate(itertools.islice(it, share)):
-            yield process_index + process_count * j, example
-    finally:
-        it.close()
+    expected = share
+    if bundle.examples is not None:
+        records = len(range(process_index, len(bundle.examples), process_count))
+        expected = records if share is None else min(share, records)
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        if share == 0:
+            return
+        it = iter(bundle.example_stream(seed=0, process_index=process_index, process_count=process_count,
+                                        num_epochs=1, shuffle=False))
+        try:
+            for j, example in enumerate(itertools.islice(it, share)):
+                yield process_index + process_count * j, example
+        finally:
+            it.close()
+
+    return HintedRows(rows, expected)

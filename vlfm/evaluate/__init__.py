@@ -5,14 +5,16 @@ its latest committed step), a workdir (``--workdir``: its latest checkpoint if a
 or an HF checkpoint (``--hf``, converted on load). They are loaded onto the model's shardings on the
 config's mesh, exactly as the trainer holds them, so the metrics equal the trainer's evaluation of the
 same parameters. Every parameter of the model must be in the weights (a missing one is an error, never
-random); weights the model lacks are logged.
+random); weights the model lacks are logged. A ``progress`` observer (``vlfm.evaluate.progress``) sees
+every evaluation batch go by.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +26,7 @@ from flax import traverse_util
 from vlfm.core.checkpoint import COMMIT_MARKER
 from vlfm.core.sharding import data_parallel_size, make_mesh, rules_from_config
 from vlfm.core.tree import strip_boxes
+from vlfm.evaluators.predict import observe_batches
 from vlfm.models import build_model
 from vlfm.train.config import ConfigError, apply_overrides, load_config, load_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
@@ -100,9 +103,10 @@ def load_weights(source: Mapping[str, str], abstract: Any) -> Any:
 
 
 def evaluate(config: ml_collections.ConfigDict, source: Mapping[str, str],
-             names: Sequence[str] | None = None) -> dict[str, float]:
+             names: Sequence[str] | None = None, progress: Callable | None = None) -> dict[str, float]:
     """Runs the config's evaluators (or those in ``names``) on the weights of ``source``; returns the
-    metrics keyed as the trainer logs them (``eval/<name>/<metric>``)."""
+    metrics keyed as the trainer logs them (``eval/<name>/<metric>``). ``progress``: a
+    ``vlfm.evaluate.progress.ProgressReport`` (or any ``observe_batches`` observer) told about every batch."""
     validate_config(config)
     if not config.evals:
         raise ConfigError("the config has no evals (config.evals is empty): nothing to evaluate")
@@ -115,4 +119,11 @@ def evaluate(config: ml_collections.ConfigDict, source: Mapping[str, str],
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         evaluators = build_evaluators(config, make_predict_fns(model, mesh), names=list(names) if names else None)
         params = load_weights(source, abstract_params(config, model, mesh, rules))
-        return run_evaluators(evaluators, params, step=0, total_steps=0, force=True)
+        if progress is None:
+            return run_evaluators(evaluators, params, step=0, total_steps=0, force=True)
+        results = {}
+        for i, (name, evaluator) in enumerate(evaluators.items(), 1):
+            label = getattr(progress, "evaluator", None)
+            with (label(name, i, len(evaluators)) if label else contextlib.nullcontext()), observe_batches(progress):
+                results.update(run_evaluators({name: evaluator}, params, step=0, total_steps=0, force=True))
+        return results

@@ -6,7 +6,8 @@ every host yields the same number of batches, so a predict function over global 
 compiles one shape and runs in step on all hosts. ``predict_rows`` runs predict functions over the
 batches and keeps this host's real rows; ``gather_rows`` collects them from all hosts in index order
 (as one host reading the whole split would have them). Outputs are pytrees of any dtype: token ids and
-labels stay integers.
+labels stay integers. ``observe_batches`` lets a caller watch the batches go by (``python -m vlfm.evaluate``'s
+progress report) without changing what is computed.
 
 A predict function is ``fn(params, batch) -> pytree`` of per-row arrays for the host's batch rows
 (``vlfm.train.evaluation.make_predict_fns`` makes them from a model; tests use plain numpy functions).
@@ -14,7 +15,9 @@ A predict function is ``fn(params, batch) -> pytree`` of per-row arrays for the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -23,8 +26,25 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vlfm.data.bad_data import EmptyDatasetError
+from vlfm.data.pipeline import HintedRows
 
 Rows = Iterable[tuple[int, Mapping[str, Any]]]
+# observer(batches_done, total_batches or None, real rows done), called by ``eval_batches`` on this host.
+BatchObserver = Callable[[int, "int | None", int], None]
+_OBSERVERS: list[BatchObserver] = []
+
+
+@contextlib.contextmanager
+def observe_batches(observer: BatchObserver) -> Iterator[None]:
+    """Calls ``observer(done, total, rows)`` each time a consumer of ``eval_batches`` has finished a batch
+    (``done`` counts from 1 in each pass over a split; ``total`` is the pass's batch count where the rows
+    give a ``length_hint``, else None; ``rows`` the real rows of this host so far). For progress reports:
+    observers see the batches, they never change them."""
+    _OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(observer)
 
 
 def any_process(flag: bool) -> bool:
@@ -42,11 +62,11 @@ def process_sum(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
 
 
-def host_rows(arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+def host_rows(arrays: Mapping[str, np.ndarray]) -> HintedRows:
     """This host's share of arrays held identically on every host: rows p, p + P, ... as ``(index, row)``."""
     n = len(next(iter(arrays.values())))
-    for i in range(jax.process_index(), n, jax.process_count()):
-        yield i, {k: v[i] for k, v in arrays.items()}
+    mine = range(jax.process_index(), n, jax.process_count())
+    return HintedRows(lambda: ((i, {k: v[i] for k, v in arrays.items()}) for i in mine), len(mine))
 
 
 def eval_batches(rows: Rows, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -57,8 +77,11 @@ def eval_batches(rows: Rows, batch_size: int) -> Iterator[tuple[dict[str, np.nda
     whole batch). Raises ``EmptyDatasetError`` when no host has a row.
     """
     per_host = -(-int(batch_size) // jax.process_count())
+    hint = operator.length_hint(rows, -1)
+    total = None if hint < 0 else -(-hint // per_host)
     it = iter(rows)
     last = None
+    done = real = 0
     while True:
         chunk = list(itertools.islice(it, per_host))
         if not any_process(bool(chunk)):
@@ -72,6 +95,9 @@ def eval_batches(rows: Rows, batch_size: int) -> Iterator[tuple[dict[str, np.nda
         index[:len(chunk)] = [i for i, _ in chunk]
         examples = [e for _, e in chunk] + [last] * (per_host - len(chunk))
         yield {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}, index
+        done, real = done + 1, real + len(chunk)
+        for observer in list(_OBSERVERS):
+            observer(done, total, real)
     if last is None:
         raise EmptyDatasetError("the evaluation split yields no usable example")
 

@@ -198,8 +198,12 @@ def eval_schema(name: str, cfg: Mapping, where: str) -> Section:
     sections = dict(getattr(cls, "CONFIG_SECTIONS", {}))
 
     def children(key: str, value: Any) -> Section | None:
-        if key == "data":  # a data section, or a string ("task:NAME": that task's data, checked there)
-            return data_schema(value, f"{where}.data") if is_section(value) else None
+        if key == "data":
+            if isinstance(value, str):  # "task:NAME": a task's data, checked against the tasks when built
+                if not value.startswith("task:"):
+                    raise ConfigError(f"{where}.data: {value!r} is neither a data config nor 'task:NAME'")
+                return None
+            return data_schema(value, f"{where}.data")
         if key in sections:
             return Section(f"{where}.{key} ({sections[key].__name__} fields)", _fields(sections[key]))
         return None
