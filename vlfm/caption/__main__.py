@@ -19,6 +19,7 @@ from typing import Any
 
 from vlfm.caption import ImageFileError, OptionError, caption_images
 from vlfm.evaluate import WeightsError, obtain_config, weights_source
+from vlfm.evaluate.flags import parse_flags
 from vlfm.models.decoding import GenerateConfig
 from vlfm.train.config import ConfigError
 
@@ -56,33 +57,8 @@ def parse_decode(items: list[str]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> dict:
-    args: dict = {"overrides": [], "decode": [], "images": []}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        if not arg.startswith("--"):
-            args["images"].append(arg)
-            i += 1
-            continue
-        name, eq, value = arg.partition("=")
-        if name not in VALUE_FLAGS and not name.startswith("--config."):
-            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise SystemExit(f"{name} needs a value\n{USAGE}")
-            value, i = argv[i + 1], i + 1
-        if name.startswith("--config."):
-            args["overrides"].append(f"{name[len('--config.'):]}={value}")
-        elif name == "--decode":
-            args["decode"].append(value)
-        else:
-            if name in args:
-                raise SystemExit(f"{name} is given twice\n{USAGE}")
-            args[name] = value
-        i += 1
+    args = parse_flags(argv, VALUE_FLAGS, USAGE, repeated=("--decode",), positional=True)
+    args["decode"], args["images"] = args.pop("--decode"), args.pop("positional")
     weights = [f for f in ("--params", "--workdir") if f in args]
     if len(weights) != 1:
         raise SystemExit(f"give exactly one of --params, --workdir (got {', '.join(weights) or 'none'})\n{USAGE}")

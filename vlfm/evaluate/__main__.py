@@ -16,6 +16,8 @@ import json
 import logging
 import sys
 
+from vlfm.evaluate.flags import parse_flags
+
 USAGE = ("usage: python -m vlfm.evaluate [--config configs/NAME.py[:arg]] [--config.a.b=value ...] "
          "(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR) [--evals name,...] [--json OUT] "
          "[--format json|table] [--progress auto|bar|log|off]\n"
@@ -26,27 +28,7 @@ VALUE_FLAGS = ("--config", "--evals", "--json", "--format", "--progress") + WEIG
 
 
 def parse_args(argv: list[str]) -> dict:
-    args: dict = {"overrides": []}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg.partition("=")
-        if arg in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        if name not in VALUE_FLAGS and not name.startswith("--config."):
-            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise SystemExit(f"{name} needs a value\n{USAGE}")
-            value, i = argv[i + 1], i + 1
-        if name.startswith("--config."):
-            args["overrides"].append(f"{name[len('--config.'):]}={value}")
-        else:
-            if name in args:
-                raise SystemExit(f"{name} is given twice\n{USAGE}")
-            args[name] = value
-        i += 1
+    args = parse_flags(argv, VALUE_FLAGS, USAGE)
     weights = [f for f in WEIGHT_FLAGS if f in args]
     if len(weights) != 1:
         raise SystemExit(f"give exactly one of {', '.join(WEIGHT_FLAGS)} (got {', '.join(weights) or 'none'})\n"
