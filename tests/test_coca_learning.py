@@ -19,7 +19,8 @@ def test_coca_tiny_learns_retrieval_and_captioning(tmp_path):
     out = run_trainer(["--config", "configs/coca_tiny.py", "--workdir", str(tmp_path),
                        f"--config.total_steps={STEPS}", "--config.data.batch_size=64",
                        "--config.data.num_examples=5000", "--config.optimizer.lr.warmup_steps=10",
-                       "--config.checkpoint_every=100000", "--config.export_params=False", f"--config.log_every={STEPS}",
+                       "--config.checkpoint_every=100000", "--config.export_params=False",
+                       f"--config.log_every={STEPS}",
                        f"--config.evals.retrieval.every={STEPS}", "--config.evals.retrieval.num_examples=200",
                        f"--config.evals.captioning.every={STEPS}", "--config.evals.captioning.num_examples=200",
                        "--config.evals.captioning.batch_size=200"])

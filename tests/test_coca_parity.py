@@ -1,8 +1,9 @@
 """CoCa against open-clip-torch 3.3.0 in float32 on two small random configurations: open_clip's pooler
 (ViT wider than the embedding, GELU) and the paper's parallel poolers (QuickGELU; also the corrected CLS
-mask, which open_clip 3.3.0 has as a ``TextTransformer`` attribute but not in its configs). The open_clip weights are imported into vlfm; image and text embeddings, caption logits, the
-loss (contrastive + 2 x caption cross-entropy) and greedy generation agree; the export loads back into
-open_clip unchanged, also through ``open_clip.create_model("local-dir:...")``."""
+mask, which open_clip 3.3.0 has as a ``TextTransformer`` attribute but not in its configs). The open_clip
+weights are imported into vlfm; image and text embeddings, caption logits, the loss (contrastive + 2 x
+caption cross-entropy) and greedy generation agree; the export loads back into open_clip unchanged, also
+through ``open_clip.create_model("local-dir:...")``."""
 
 from __future__ import annotations
 
