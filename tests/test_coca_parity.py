@@ -148,6 +148,15 @@ def test_coca_matches_open_clip(name, tmp_path, monkeypatch):
     round_config, round_params = load_open_clip(tmp_path)
     assert round_config == model_config
     jax.tree.map(np.testing.assert_array_equal, round_params, params)
+    if name == "open_clip_pooler":  # the command line: open_clip dir -> vlfm params export -> open_clip dir
+        from vlfm.convert.__main__ import main
+
+        assert main(["import", str(tmp_path), str(tmp_path / "vlfm")]) == 0
+        assert main(["export", str(tmp_path / "vlfm" / "params"), str(tmp_path / "vlfm" / "model_config.json"),
+                     str(tmp_path / "back"), "--open-clip"]) == 0
+        back_config, back_params = load_open_clip(tmp_path / "back")
+        assert back_config == model_config
+        jax.tree.map(np.testing.assert_array_equal, back_params, params)
 
     if name == "paper_poolers":  # the corrected CLS mask: the CLS sees itself and every real token
         ref.text.correct_cls_mask = True
