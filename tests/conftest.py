@@ -17,3 +17,7 @@ flags.FLAGS.mark_as_parsed()  # grain reads absl flags; tests do not run under a
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from tests import torchvision_cpu  # noqa: E402
+
+torchvision_cpu.install()  # before anything imports transformers, timm or open_clip

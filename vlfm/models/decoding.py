@@ -131,12 +131,31 @@ def generate(model: nn.Module, params: Any, batch: Mapping[str, Any], config: Ge
     ``[B, max_length]`` (after BOS and prompt, EOS included, ``pad_id`` after it), ``lengths`` int32 [B]
     (tokens up to and including EOS) and ``scores`` float32 [B]. Compiled functions are reused across
     calls with the same model, config and shapes."""
-    return _cached_fn(model, config, use_cache)(params, batch, rng, prompt)
+    return _cached_fn(_ModelKey(model), config, use_cache)(params, batch, rng, prompt)
+
+
+class _ModelKey:
+    """A cache key for a module. Modules built from config dicts (as the model registry builds them) are
+    unhashable; equal modules have equal ``repr`` (their type and every field), which then keys them."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        try:
+            hash(model)
+            self.key: tuple = (model,)
+        except TypeError:
+            self.key = (type(model), repr(model))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ModelKey) and self.key == other.key
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_fn(model: nn.Module, config: GenerateConfig, use_cache: bool) -> Callable[..., dict]:
-    return make_generate_fn(model, config, use_cache=use_cache)
+def _cached_fn(key: _ModelKey, config: GenerateConfig, use_cache: bool) -> Callable[..., dict]:
+    return make_generate_fn(key.model, config, use_cache=use_cache)
 
 
 # ----------------------------------------------------------------------------------------------------

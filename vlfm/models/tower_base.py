@@ -54,12 +54,14 @@ def run_encoder(tower: TransformerTower, x: jax.Array, *, norm: str, causal: boo
     return out, {}
 
 
-def encoder_module(tower: TransformerTower, *, norm: str, causal: bool = False, name: str = "encoder") -> nn.Module:
-    """The tower's layer stack as a module, for models that call one stack on several inputs (UFO)."""
+def encoder_module(tower: TransformerTower, *, norm: str, causal: bool = False, decode: bool = False,
+                   name: str = "encoder") -> nn.Module:
+    """The tower's layer stack as a module, for models that call one stack on several inputs (UFO).
+    ``decode`` gives its self-attention a KV cache (a causal text tower that generates: CoCa)."""
     dtype, pdtype = tower.dtypes
     block = dict(num_heads=tower.num_heads, mlp_dim=tower.mlp_dim, norm=norm, ln_eps=tower.ln_eps, act=tower.act,
                  qkv_bias=tower.qkv_bias, layer_scale=tower.layer_scale, dropout_rate=tower.dropout_rate,
-                 attn_dropout_rate=tower.attn_dropout_rate, causal=causal, implementation=tower.attention,
+                 attn_dropout_rate=tower.attn_dropout_rate, causal=causal, decode=decode, implementation=tower.attention,
                  init_std=tower.init_std, dtype=dtype, param_dtype=pdtype)
     return layers.Encoder(tower.depth, block, tower.drop_path_rate, tower.scan, tower.remat, tower.collect_hidden,
                           tuple(tower.attention_layers), name=name)
