@@ -102,13 +102,17 @@ def test_layer_matches_numpy_reference_in_every_mode(multiway):
         "image": ("image", True, ["image"] * t),
         "text": ("text", True, ["text"] * t),
     }
+
+    @jax.jit
+    def run(p, x):
+        return {name: MomeLayer(mode=mode, text_len=text_len, vl_ffn=vl_ffn, **fields).apply(
+            {"params": p}, x, 0.0, jnp.asarray(bias), broadcast)[0] for name, (mode, vl_ffn, _) in cases.items()}
+
+    got = run(params, x)
     for name, (mode, vl_ffn, modality) in cases.items():
-        run = jax.jit(lambda p, x, m=mode, v=vl_ffn: MomeLayer(mode=m, text_len=text_len, vl_ffn=v, **fields).apply(
-            {"params": p}, x, 0.0, jnp.asarray(bias), broadcast)[0])
-        got = np.asarray(run(params, x))
         want = ref_layer(params, x.astype(np.float64), modality=modality, vl_expert=(mode == "vl" and vl_ffn),
                          bias=bias, key_mask=key_mask, multiway=multiway)
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(np.asarray(got[name]), want, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def test_attention_bias_is_the_same_on_every_path():
