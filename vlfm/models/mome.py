@@ -82,10 +82,11 @@ def text_relative_index(length: int, grid: tuple[int, int], max_text_len: int) -
 def relative_position_index(mode: str, length: int, grid: tuple[int, int], max_text_len: int,
                             text_len: int = 0) -> np.ndarray:
     """``[length, length]`` table rows of a sequence in ``mode`` (``vl``: ``text_len`` text positions, then
-    the image with its class token; the cross-modal pairs share one entry per direction)."""
+    the image with its class token; the cross-modal pairs share one entry per direction; a ``vl`` sequence
+    of text only or image only, VLMo's contrast through the VL experts, uses that modality's rows)."""
     image_entries = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
     image_len = grid[0] * grid[1] + 1
-    if mode == "text":
+    if mode == "text" or (mode == "vl" and text_len == length):
         return text_relative_index(length, grid, max_text_len)
     if mode == "image":
         text_len = 0
