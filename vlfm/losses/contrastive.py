@@ -45,8 +45,12 @@ def _sharded(local_fn, zimg, ztxt, *scalars):
 
 @LOSSES.register("softmax_contrastive")
 @couples_batch
-def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
-    """Symmetric InfoNCE (CLIP): mean of image->text and text->image cross-entropies."""
+def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0,
+                        prefix: str = "") -> tuple[jax.Array, dict]:
+    """Symmetric InfoNCE (CLIP): mean of image->text and text->image cross-entropies.
+
+    Reads ``{prefix}image_embed``, ``{prefix}text_embed``, ``{prefix}logit_scale``: a model with two
+    contrastive heads (VLMo's ``vl_``) configures the loss twice (``losses.NAME.fn``)."""
     del batch
 
     def local(zi, zt, all_img, all_txt, offset, scale):
@@ -62,8 +66,13 @@ def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0
                    "t2i_accuracy": jnp.mean(jnp.argmax(logits_t2i, -1) == labels)}
         return loss, metrics
 
-    loss, metrics = _sharded(local, outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"])
-    metrics["temperature"] = outputs["logit_scale"]
+    keys = [f"{prefix}{k}" for k in ("image_embed", "text_embed", "logit_scale")]
+    missing = [k for k in keys if k not in outputs]
+    if missing:
+        raise KeyError(f"softmax_contrastive(prefix={prefix!r}) needs model outputs {missing}; the model gave "
+                       f"{sorted(outputs)}")
+    loss, metrics = _sharded(local, *(outputs[k] for k in keys))
+    metrics["temperature"] = outputs[keys[2]]
     return loss, metrics
 
 

@@ -38,7 +38,7 @@ def _resolve_implementation(implementation: str, dtype: Dtype) -> str:
 def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | None = None,
                           mask: AttentionMask | Array | None = None, causal: bool = False,
                           implementation: str = "xla", dropout_rate: float = 0.0, dropout_rng: Array | None = None,
-                          return_probs: bool = False) -> Array | tuple[Array, Array]:
+                          return_probs: bool = False, bias: Array | None = None) -> Array | tuple[Array, Array]:
     """Multi-head attention on ``[batch, seq, heads, head_dim]`` inputs.
 
     ``mask`` is an ``AttentionMask`` or a boolean ``[batch, heads|1, q_len, kv_len]`` array;
@@ -47,13 +47,19 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
     (cuDNN's fused kernel rejects other lengths) and passes the real lengths, so the padding never
     changes the result. Other masks run the XLA path with the dense mask. ``return_probs`` (and
     attention dropout) use the einsum path and give ``(out, probs [B, H, T, S] float32)``.
+    ``bias`` (optional, ``[B|1, H|1, T, S]``) is added to the scaled logits before the softmax on every
+    path (a relative-position bias); the cuDNN path pads it with the sequences.
     """
     impl = _resolve_implementation(implementation, q.dtype)
     m = as_mask(mask, kv_lengths=kv_lengths, causal=causal)
+    if bias is not None and bias.ndim != 4:
+        raise ValueError(f"attention bias must be [batch|1, heads|1, q_len, kv_len], got shape {bias.shape}")
     if return_probs or (dropout_rate > 0.0 and dropout_rng is not None):
-        out, probs = _einsum_attention(q, k, v, m, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+        out, probs = _einsum_attention(q, k, v, m, dropout_rate=dropout_rate, dropout_rng=dropout_rng, bias=bias)
         return (out, probs) if return_probs else out
     b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    if bias is not None:
+        bias = bias.astype(q.dtype)
     if impl == "cudnn" and m.fast_path:
         pad_t, pad_s = -t % 16, -s % 16
         q_len = jnp.full((b,), t, jnp.int32)
@@ -61,17 +67,21 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
         q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
         k = jnp.pad(k, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
         v = jnp.pad(v, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=m.causal, query_seq_lengths=q_len,
+        if bias is not None:
+            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
+        out = jax.nn.dot_product_attention(q, k, v, bias, is_causal=m.causal, query_seq_lengths=q_len,
                                            key_value_seq_lengths=kv_len, implementation="cudnn")
         return out[:, :t]
-    return jax.nn.dot_product_attention(q, k, v, mask=m.dense(t, s, b), implementation="xla")
+    return jax.nn.dot_product_attention(q, k, v, bias, mask=m.dense(t, s, b), implementation="xla")
 
 
 def _einsum_attention(q: Array, k: Array, v: Array, mask: AttentionMask, *, dropout_rate: float = 0.0,
-                      dropout_rng: Array | None = None) -> tuple[Array, Array]:
+                      dropout_rng: Array | None = None, bias: Array | None = None) -> tuple[Array, Array]:
     """Explicit softmax attention; returns the output and the (pre-dropout) probabilities."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
     allowed = mask.dense(q.shape[1], k.shape[1], q.shape[0])
     if allowed is not None:
         logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)

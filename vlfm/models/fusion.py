@@ -286,9 +286,10 @@ class FusionModel(TransformerTower):
     def text_vocab_size(self) -> int:
         raise NotImplementedError
 
-    def contrastive_outputs(self, text: dict, image: dict) -> dict:
-        """``image_embed``, ``text_embed``, ``logit_scale`` for models with a contrastive head, else {}."""
-        del text, image
+    def contrastive_outputs(self, text: dict, image: dict, train: bool = False) -> dict:
+        """``image_embed``, ``text_embed``, ``logit_scale`` for models with a contrastive head, else {}
+        (``train``: for a head that runs layers of its own, VLMo's uni-modal passes)."""
+        del text, image, train
         return {}
 
     def itm_pairs(self, batch: dict, outputs: dict, batch_size: int,
@@ -315,7 +316,7 @@ class FusionModel(TransformerTower):
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
         image = self.encode_image(batch["image"], train)
         text = self.encode_text(batch["text"], batch.get("text_mask"), train)
-        out = dict(self.contrastive_outputs(text, image))
+        out = dict(self.contrastive_outputs(text, image, train))
         cache = {}
 
         def plain() -> dict:  # the batch's own pairs, fused once however many heads read them

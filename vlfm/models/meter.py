@@ -135,7 +135,8 @@ class CoAttentionModel(FusionModel):
         """Normalised contrastive embedding of the text tower's first token."""
         return l2_normalize(self.itc_text_head(tokens[:, 0]))
 
-    def contrastive_outputs(self, text: dict, image: dict) -> dict:
+    def contrastive_outputs(self, text: dict, image: dict, train: bool = False) -> dict:
+        del train  # the towers have already run
         if not self.contrastive_dim:
             return {}
         return {"image_embed": self._image_embed(image), "text_embed": self._text_embed(text["last"]),

@@ -186,7 +186,8 @@ def _layer_rates(drop_path_rate: float, depth: int) -> np.ndarray:
 def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs: Any = None, broadcast: Any = None,
                  *, drop_path_rate: float = 0.0, scan: bool = True, remat: str = "none", train: bool = False,
                  collect_hidden: bool = False, attention_layers: Sequence[int] = (),
-                 collection: str = "attention") -> tuple[Any, Any]:
+                 collection: str = "attention", first_layer: int = 0,
+                 total_depth: int | None = None) -> tuple[Any, Any]:
     """Runs the segments inside ``module``'s compact ``__call__`` (their parameters are its children).
 
     A scanned carry must keep its dtype: give it in the layers' compute dtype.
@@ -194,20 +195,29 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
     Returns the final carry and, with ``collect_hidden``, every layer's carry stacked on a leading
     depth axis (else None). The extras of the ``attention_layers`` (global indices) are sown into
     ``collection`` under their names, stacked over those layers in order.
+
+    A model that runs one stack in parts (the bottom layers once, the top ones on several inputs) passes
+    ``first_layer`` and ``total_depth``: these segments are then layers ``first_layer, ...`` of a
+    ``total_depth``-layer stack, whose drop-path rates and ``attention_layers`` indices they use
+    (``xs`` still has one row per layer of these segments). Default: the segments are the whole stack.
     """
     if remat != "none" and remat not in REMAT_POLICIES:
         raise KeyError(f"unknown remat policy {remat!r}; valid: none, {', '.join(REMAT_POLICIES)}")
-    total = sum(s.depth for s in segments)
+    own = sum(s.depth for s in segments)
+    total = own if total_depth is None else total_depth
+    if first_layer < 0 or first_layer + own > total:
+        raise ValueError(f"segments of {own} layers from layer {first_layer} do not fit a stack of {total} layers")
     chosen = sorted(set(int(i) for i in attention_layers))
     if any(not 0 <= i < total for i in chosen):
         raise ValueError(f"attention_layers {tuple(attention_layers)} outside the stack's {total} layers")
     rates = _layer_rates(drop_path_rate, total)
     hidden, extras = [], []
-    start = 0
+    start = first_layer
     for seg in segments:
         local = [i - start for i in chosen if start <= i < start + seg.depth]
         fields = dict(seg.block, deterministic=not train)
-        seg_xs = None if xs is None else jax.tree.map(lambda a: a[start:start + seg.depth], xs)
+        row = start - first_layer
+        seg_xs = None if xs is None else jax.tree.map(lambda a: a[row:row + seg.depth], xs)
         if scan:
             cls = _collecting(seg.layer)
             if remat != "none":
