@@ -57,19 +57,10 @@ def _torch_reference(image: Image.Image) -> np.ndarray:
 
 
 def _open_clip_transform():
-    """open_clip's own eval transform where open_clip and torchvision import (see the parity notes §3)."""
+    """open_clip's own eval transform where open_clip and torchvision are installed (tests/conftest.py
+    installs the torchvision import hook of the parity notes §3)."""
     if importlib.util.find_spec("open_clip") is None or importlib.util.find_spec("torchvision") is None:
         return None
-    import torch
-
-    spec = importlib.util.find_spec("torchvision")
-    try:
-        torch.ops.load_library(os.path.join(list(spec.submodule_search_locations)[0], "_C.so"))
-    except OSError:  # CPU torch + CUDA torchvision wheel: define the two ops torchvision registers fakes for
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _open_clip_transform.lib = lib
     import open_clip
 
     return open_clip.image_transform(224, is_train=False)
