@@ -20,13 +20,11 @@ import json
 import os
 import sys
 
-from etils import epath
-
 from vlfm.convert.hf import load_hf, save_hf
 from vlfm.convert.open_clip import CONFIG_NAME as OPEN_CLIP_CONFIG
 from vlfm.convert.open_clip import load_open_clip, save_open_clip
 from vlfm.core.provenance import EXPORT_RECORD
-from vlfm.train.config import CONFIG_FILE, load_workdir_config
+from vlfm.core.run_record import load_workdir_config, read_run_record
 from vlfm.core.checkpoint import export_params, load_params
 
 
@@ -62,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.paths) == 2:  # a training workdir: its params export and resolved config
             workdir, hf_dir = args.paths
             params_dir, model_config = os.path.join(workdir, "params"), load_workdir_config(workdir).model.to_dict()
-            # The run's config, commit and version, as it wrote them.
-            run_record = json.loads((epath.Path(workdir) / CONFIG_FILE).read_text())
+            run_record = read_run_record(workdir)  # the run's config, commit and version, as it wrote them
         else:
             params_dir, model_config_path, hf_dir = args.paths
             with open(model_config_path) as f:

@@ -23,7 +23,9 @@ from etils import epath
 from ml_collections import ConfigDict
 
 import vlfm
+from vlfm.core import run_record
 from vlfm.core.provenance import code_commit
+from vlfm.core.run_record import CONFIG_FILE
 from vlfm.train.config_values import check_values
 from vlfm.train.schema import MISSING, ConfigError, Key, Section, config_schema, is_section, unknown_key_error, validate
 
@@ -31,7 +33,6 @@ __all__ = ["ConfigError", "apply_override", "apply_overrides", "base_config", "c
            "describe_config", "load_config", "load_config_file", "load_workdir_config", "save_workdir_config",
            "validate_config"]
 
-CONFIG_FILE = "config.json"  # WORKDIR/config.json: the resolved config of the run, with code version
 
 
 def base_config() -> ConfigDict:
@@ -212,7 +213,7 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str] = ()) -> Config
 # The resolved config in the workdir and in checkpoints: JSON that round-trips exactly (tuples stay
 # tuples, placeholders keep their type, ConfigDicts inside tuples stay ConfigDicts).
 
-_TYPES = {t.__name__: t for t in (bool, int, float, str, tuple, list, dict)}
+_TYPES = run_record.TYPES
 
 
 def _encode(value: Any, path: str) -> Any:
@@ -241,22 +242,6 @@ def _encode_field(config: ConfigDict, key: str, path: str) -> Any:
     return _encode(config[key], path)
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if set(value) == {"__tuple__"}:
-        return tuple(_decode(v) for v in value["__tuple__"])
-    if set(value) == {"__dict__"}:
-        return {k: _decode(v) for k, v in value["__dict__"].items()}
-    if set(value) == {"__configdict__"}:
-        return ConfigDict(_decode(value["__configdict__"]))
-    if set(value) == {"__placeholder__", "value"}:
-        return ml_collections.FieldReference(_decode(value["value"]), field_type=_TYPES[value["__placeholder__"]])
-    return ConfigDict({k: _decode(v) for k, v in value.items()})
-
-
 def config_record(config: ConfigDict) -> dict:
     """JSON-ready ``{"config", "commit", "vlfm_version"}``: what a run writes to its workdir and checkpoints."""
     return {"config": _encode(config, ""), "commit": code_commit(), "vlfm_version": vlfm.__version__}
@@ -264,9 +249,10 @@ def config_record(config: ConfigDict) -> dict:
 
 def config_from_record(record: Mapping[str, Any]) -> ConfigDict:
     """The config of a ``config_record`` (as read back from JSON or checkpoint metadata)."""
-    if "config" not in record:
-        raise ConfigError(f"no 'config' in the record (keys: {', '.join(sorted(record))})")
-    return _decode(record["config"])
+    try:
+        return run_record.config_from_record(record)
+    except run_record.RecordError as e:
+        raise ConfigError(str(e)) from None
 
 
 def save_workdir_config(config: ConfigDict, workdir: str | os.PathLike) -> epath.Path:
@@ -279,10 +265,7 @@ def save_workdir_config(config: ConfigDict, workdir: str | os.PathLike) -> epath
 
 def load_workdir_config(workdir: str | os.PathLike) -> ConfigDict:
     """The resolved config a run wrote into ``workdir`` (``save_workdir_config``), exactly."""
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir} (a run writes it when it starts training)")
-    return config_from_record(json.loads(path.read_text()))
+    return config_from_record(run_record.read_run_record(workdir))
 
 
 # ----------------------------------------------------------------------------------------------------
