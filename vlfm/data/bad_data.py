@@ -28,7 +28,9 @@ BAD_VALUE = "bad_value"                # a field that cannot be parsed (e.g. a l
 TRUNCATED_SHARD = "truncated_shard"    # a tar or file that ends in the middle of a record
 UNREADABLE_SHARD = "unreadable_shard"  # a shard that cannot be opened or is not a tar
 EMPTY_SHARD = "empty_shard"            # a valid shard that holds no sample (e.g. a tar with no members)
-KINDS = (CORRUPT_IMAGE, EMPTY_TEXT, BAD_TEXT, MISSING_KEY, BAD_VALUE, TRUNCATED_SHARD, UNREADABLE_SHARD, EMPTY_SHARD)
+MISSING_FILE = "missing_file"          # a file a record names (an annotation's image) cannot be read
+KINDS = (CORRUPT_IMAGE, EMPTY_TEXT, BAD_TEXT, MISSING_KEY, BAD_VALUE, TRUNCATED_SHARD, UNREADABLE_SHARD, EMPTY_SHARD,
+         MISSING_FILE)
 
 STATE_KEY = "vlfm_bad_counts"  # marks DropBad's counters inside a (nested) grain iterator state
 

@@ -25,11 +25,12 @@ from vlfm.data.preprocess import build_processor
 from vlfm.data.vqa_answers import answer_scores, answer_vocabulary
 
 
-def _by_split(value: str | Mapping[str, str] | None, split: str, what: str) -> str | None:
+def by_split(value: str | Mapping[str, str] | None, split: str, what: str) -> str | None:
+    """A reader's file argument: one path for every split, or ``{split: path}``."""
     if value is None or isinstance(value, str):
         return value
     if split not in value:
-        raise ValueError(f"vqav2 {what} has no entry for split {split!r}; it has {', '.join(value)}")
+        raise ValueError(f"{what} has no entry for split {split!r}; it has {', '.join(value)}")
     return value[split]
 
 
@@ -112,8 +113,8 @@ def vqav2_dataset(split: str, questions: str | Mapping[str, str], images: str | 
     else:
         raise ValueError("vqav2 needs the answer vocabulary: answers=<JSON list> or "
                          "vocabulary_annotations=<training annotation file(s)>")
-    question_list = read_questions(_by_split(questions, split, "questions"))
-    annotation_path = _by_split(annotations, split, "annotations") if annotations is not None else None
+    question_list = read_questions(by_split(questions, split, "vqav2 questions"))
+    annotation_path = by_split(annotations, split, "vqav2 annotations") if annotations is not None else None
     index_of = {a: i for i, a in enumerate(vocabulary)}
     annotator_answers, answer_types, targets = None, None, None
     if annotation_path is not None:
@@ -128,7 +129,7 @@ def vqav2_dataset(split: str, questions: str | Mapping[str, str], images: str | 
     train = split.startswith("train") if augment is None else augment
     processor = build_processor("vqav2", train, image=dict(image or {}, key="image"),
                                 text=None if text is None else dict(text, key="question"))
-    record = _Record(question_list, _by_split(images, split, "images"), targets)
+    record = _Record(question_list, by_split(images, split, "vqav2 images"), targets)
     examples = grain.MapDataset.source(question_list).map_with_index(record)
     info = dict(processor.info(), name="vqav2", answers=vocabulary, num_answers=len(vocabulary),
                 question_ids=[int(q["question_id"]) for q in question_list], answer_types=answer_types,
