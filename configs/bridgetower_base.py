@@ -22,8 +22,10 @@ Datasets: the "4M" pretraining set: COCO captions, Visual Genome region captions
 Google Conceptual Captions (GCC = CC3M), mixed within each batch in proportion to their images; 288 px
 images, 50 text tokens, 15% masking without whole-word masking (RoBERTa). Downstream: VQAv2 (the
 ``vqav2`` reader and evaluator, as in ``configs/vilt_b32.py`` with ``model.vqa_answers=3129`` and
-576 px images). NLVR2 and SNLI-VE have no reader for their released files yet, so those
-fine-tunings cannot be run on real data.
+576 px images). NLVR2 and SNLI-VE: the ``nlvr2`` / ``snli_ve`` readers of their
+released JSON-lines files (README, "Standard evaluation protocols"), whose examples have the keys of the
+built-in ``shapes_nlvr2`` / ``shapes_snli_ve``: fine-tune as ``configs/vilt_tiny_nlvr2.py`` /
+``vilt_tiny_snli_ve.py`` with ``data`` pointed at them.
 
 Not yet possible in vlfm: RoBERTa's byte-level BPE tokenizer (vlfm tokenizes with WordPiece and
 SentencePiece only) and starting the towers from separate CLIP ViT-B/16 and RoBERTa-base checkpoints

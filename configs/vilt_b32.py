@@ -23,8 +23,10 @@ Datasets: the "4M" pretraining set of ViLT: COCO captions, Visual Genome region 
 and Google Conceptual Captions (GCC = CC3M), about 4.1M images and 10M captions [MEM], mixed within
 each batch in proportion to their images; text: BERT's uncased WordPiece, 40 tokens, 15% whole-word
 masking. Downstream: VQAv2 (the ``vqav2`` reader: question / annotation JSON files and COCO images).
-NLVR2 and SNLI-VE have no reader for their released files yet (only the built-in ``shapes_nlvr2`` /
-``shapes_snli_ve``), so those fine-tunings cannot be run on real data.
+NLVR2 and SNLI-VE: the ``nlvr2`` / ``snli_ve`` readers of their
+released JSON-lines files (README, "Standard evaluation protocols"), whose examples have the keys of the
+built-in ``shapes_nlvr2`` / ``shapes_snli_ve``: fine-tune as ``configs/vilt_tiny_nlvr2.py`` /
+``vilt_tiny_snli_ve.py`` with ``data`` pointed at them.
 
 Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip install -e ".[tfds_prepare]"``):
     # GCC = CC3M: Train_GCC-training.tsv (caption, url; no header) from the Conceptual Captions site
