@@ -22,11 +22,10 @@ released JSON-lines files (README, "Standard evaluation protocols"), whose examp
 built-in ``shapes_nlvr2`` / ``shapes_snli_ve``: fine-tune as ``configs/vilt_tiny_nlvr2.py`` /
 ``vilt_tiny_snli_ve.py`` with ``data`` pointed at them.
 
-Not yet possible in vlfm: RoBERTa's byte-level BPE tokenizer (vlfm tokenizes with WordPiece and
-SentencePiece only) and starting the towers from separate CLIP ViT-B/16 and RoBERTa-base checkpoints
-(``init_from`` reads one source). The launch below therefore uses a 50,265-piece SentencePiece vocabulary trained on the captions and
-towers trained from scratch: it runs the paper's objectives and data, not its initialisation, and
-should not be expected to reach the figures below.
+Not yet possible in vlfm: starting the towers from separate CLIP ViT-B/16 and RoBERTa-base
+checkpoints (``init_from`` reads one source). The launch below therefore tokenizes as RoBERTa does
+(its released byte-level BPE files) but trains the towers from scratch: it runs the paper's objectives
+and data, not its initialisation, and should not be expected to reach the figures below.
 
 Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip install -e ".[tfds_prepare]"``):
     # GCC = CC3M: Train_GCC-training.tsv (caption, url; no header) from the Conceptual Captions site
@@ -58,16 +57,15 @@ Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip insta
                 add(tar, f"{image_id}.jpg", open(path, "rb").read())
                 add(tar, f"{image_id}.json", json.dumps({"captions": [r["phrase"] for r in entry["regions"]]}).encode())
     PY
-    # the text vocabulary (see the note on RoBERTa above), from the training captions
-    cut -f1 Train_GCC-training.tsv | tail -n +2 > captions.txt
-    python -m vlfm.data train-sentencepiece --input captions.txt --model_prefix $ROOT/spm --vocab_size 50265
+    # RoBERTa's byte-level BPE files (vocab.json, merges.txt: 50,265 tokens), as released with roberta-base
+    mkdir -p $ROOT/roberta && cp vocab.json merges.txt $ROOT/roberta/
 
 Launch (tests/test_recipes.py checks that these commands, through the launchers' dry runs, give
 configs that load):
     ROOT=/mnt/vlfm/data    # TPU: the bucket's data/ folder, mounted on every worker by `tpu_pod.sh setup`;
                            # SLURM: a file system every node sees, e.g. ROOT=/shared/data
     IMG="{'size': 288, 'scale': (0.8, 1.0), 'eval_crop': 'clip', 'mean_std': 'clip'}"
-    TOK="{'kind': 'sentencepiece', 'path': '$ROOT/spm.model'}"
+    TOK="{'kind': 'bpe', 'vocab': '$ROOT/roberta/vocab.json', 'merges': '$ROOT/roberta/merges.txt'}"
     TXT="{'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
     JSON_TXT="{'key': 'json/captions', 'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
     COCO_TXT="{'key': 'captions/text', 'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"

@@ -66,8 +66,8 @@ def test_build_tokenizer(tmp_path):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat"]) + "\n")
     wp = build_tokenizer("wordpiece", path=str(vocab))
     assert isinstance(wp, WordPieceTokenizer) and wp.vocab_size == 6
-    with pytest.raises(ValueError, match="word_shapes, wordpiece"):
-        build_tokenizer("bpe")
+    with pytest.raises(ValueError, match="word_shapes, wordpiece, sentencepiece, bpe"):
+        build_tokenizer("wordpeice")
     with pytest.raises(TypeError, match="path"):
         build_tokenizer("wordpiece")
 

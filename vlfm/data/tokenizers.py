@@ -9,39 +9,16 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 import numpy as np
 
 from vlfm.data import shapes
+from vlfm.data.bpe import ByteLevelBPETokenizer
+from vlfm.data.token_packing import Tokenizer, pack
 
-
-@runtime_checkable
-class Tokenizer(Protocol):
-    vocab_size: int
-    pad_id: int
-    mask_id: int
-    eos_id: int | None
-    bos_id: int | None
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]: ...
-
-
-def _pack(rows: list[list[int]], first: int, last: int, pad: int, max_len: int) -> dict[str, np.ndarray]:
-    """[first] + row + [last], truncated inside so the closing special survives, then padded to max_len."""
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2 to hold the opening and closing specials, got {max_len}")
-    ids = np.full((len(rows), max_len), pad, dtype=np.int32)
-    mask = np.zeros((len(rows), max_len), dtype=np.int32)
-    for i, row in enumerate(rows):
-        seq = [first] + list(row[: max_len - 2]) + [last]
-        ids[i, : len(seq)] = seq
-        mask[i, : len(seq)] = 1
-    return {"ids": ids, "mask": mask}
+__all__ = ["ByteLevelBPETokenizer", "SentencePieceTokenizer", "Tokenizer", "WordPieceTokenizer", "WordTokenizer",
+           "build_tokenizer", "pack", "train_sentencepiece"]
 
 
 class WordTokenizer:
@@ -87,7 +64,7 @@ class WordTokenizer:
         return " ".join(self.tokens[int(i)] for i in ids if int(i) not in skip)
 
     def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
-        return _pack([self.encode(t) for t in texts], self.bos_id, self.eos_id, self.pad_id, max_len)
+        return pack([self.encode(t) for t in texts], self.bos_id, self.eos_id, self.pad_id, max_len)
 
     def word_starts(self, ids: np.ndarray) -> np.ndarray:
         """Every token is a whole word."""
@@ -249,7 +226,7 @@ class WordPieceTokenizer:
         return text.replace(" ##", "")
 
     def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
-        out = _pack([self.encode(t) for t in texts], self.cls_id, self.sep_id, self.pad_id, max_len)
+        out = pack([self.encode(t) for t in texts], self.cls_id, self.sep_id, self.pad_id, max_len)
         out["type_ids"] = np.zeros_like(out["ids"])
         return out
 
@@ -316,7 +293,7 @@ class SentencePieceTokenizer:
     def encode_batch(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
         if self.bos_id is None or self.eos_id is None:
             raise ValueError("this SentencePiece model has no bos/eos pieces, which encode_batch needs")
-        return _pack(self._sp.encode(list(texts)), self.bos_id, self.eos_id, self.pad_id, max_len)
+        return pack(self._sp.encode(list(texts)), self.bos_id, self.eos_id, self.pad_id, max_len)
 
 
 def train_sentencepiece(inputs: Sequence[str | os.PathLike], model_prefix: str | os.PathLike, vocab_size: int,
@@ -345,12 +322,13 @@ def train_sentencepiece(inputs: Sequence[str | os.PathLike], model_prefix: str |
     return prefix + ".model"
 
 
-TOKENIZER_KINDS = ("word_shapes", "wordpiece", "sentencepiece")
+TOKENIZER_KINDS = ("word_shapes", "wordpiece", "sentencepiece", "bpe")
 
 
-def build_tokenizer(kind: str, **kwargs: Any) -> WordTokenizer | WordPieceTokenizer | SentencePieceTokenizer:
-    """Builds a tokenizer by name: "word_shapes" (no arguments), "wordpiece" (path=vocab.txt, lowercase=)
-    or "sentencepiece" (path=model file)."""
+def build_tokenizer(kind: str, **kwargs: Any) -> Tokenizer:
+    """Builds a tokenizer by name: "word_shapes" (no arguments), "wordpiece" (path=vocab.txt, lowercase=),
+    "sentencepiece" (path=model file) or "bpe" (GPT-2 / RoBERTa byte-level BPE: vocab=vocab.json,
+    merges=merges.txt)."""
     if kind == "word_shapes":
         if kwargs:
             raise TypeError(f"tokenizer 'word_shapes' takes no arguments, got {sorted(kwargs)}")
@@ -363,4 +341,8 @@ def build_tokenizer(kind: str, **kwargs: Any) -> WordTokenizer | WordPieceTokeni
         if set(kwargs) != {"path"}:
             raise TypeError(f"tokenizer 'sentencepiece' takes path=<model file> only, got {sorted(kwargs)}")
         return SentencePieceTokenizer.from_file(kwargs["path"])
+    if kind == "bpe":
+        if set(kwargs) != {"vocab", "merges"}:
+            raise TypeError(f"tokenizer 'bpe' takes vocab=<vocab.json> and merges=<merges.txt>, got {sorted(kwargs)}")
+        return ByteLevelBPETokenizer.from_files(kwargs["vocab"], kwargs["merges"])
     raise ValueError(f"unknown tokenizer kind {kind!r}; valid kinds: {', '.join(TOKENIZER_KINDS)}")
