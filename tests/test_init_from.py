@@ -47,12 +47,41 @@ def test_rename_maps_source_paths_and_no_match_is_an_error():
 
 
 def test_config_errors_are_named(tmp_path):
-    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf"):
+    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf, skip, rename, grow_rows, sources"):
         init_params_from({"parms": "x"}, _target())
     with pytest.raises(KeyError, match="exactly one of params, checkpoint, hf"):
         init_params_from({"params": None, "skip": ()}, _target())
     with pytest.raises(FileNotFoundError, match="no directory"):
         init_params_from({"params": str(tmp_path / "missing")}, _target())
+
+
+def test_two_sources_each_with_its_own_renames(tmp_path):
+    """METER-style: the image tower from one run, the text tower from another, heads fresh."""
+    from vlfm.core.checkpoint import export_params
+
+    target = {"image": {"w": np.zeros((2, 2), np.float32)}, "text": {"w": np.zeros((3,), np.float32)},
+              "head": {"w": np.zeros((1,), np.float32)}}
+    export_params({"vision_model": {"w": np.full((2, 2), 1.0, np.float32)}, "logit_scale": np.ones((), np.float32)},
+                  str(tmp_path / "clip"))
+    export_params({"encoder": {"w": np.full((3,), 2.0, np.float32)}}, str(tmp_path / "bert"))
+    cfg = {"params": None, "skip": (), "sources": (
+        {"params": str(tmp_path / "clip"), "rename": [("^vision_model/", "image/")]},
+        {"params": str(tmp_path / "bert"), "rename": [("^encoder/", "text/")]})}
+    params = init_params_from(cfg, target)
+    np.testing.assert_array_equal(params["image"]["w"], 1.0)
+    np.testing.assert_array_equal(params["text"]["w"], 2.0)
+    np.testing.assert_array_equal(params["head"]["w"], 0.0)
+    # A parameter two sources both provide is an error naming it, not a silent overwrite.
+    clash = dict(cfg, sources=(cfg["sources"][0], {"params": str(tmp_path / "clip"), "rename": [("^vision_model/", "image/")]}))
+    with pytest.raises(ValueError, match=r"sources\[1\] loads parameters that sources\[0\] loaded already: image/w"):
+        init_params_from(clash, target)
+    # Each source must load something, and per-source options belong inside the source.
+    with pytest.raises(ValueError, match="no parameter path of the source matches"):
+        init_params_from(dict(cfg, sources=(cfg["sources"][0], {"params": str(tmp_path / "bert")})), target)
+    with pytest.raises(KeyError, match=r"\['rename'\] belong inside one of them"):
+        init_params_from(dict(cfg, rename=[("a", "b")]), target)
+    with pytest.raises(KeyError, match=r"init_from.sources\[0\] has unknown keys \['renmae'\]"):
+        init_params_from({"sources": ({"params": str(tmp_path / "clip"), "renmae": []},)}, target)
 
 
 def test_start_from_sets_params_opt_state_and_ema(tmp_path):

@@ -34,7 +34,7 @@ from vlfm.core.workdir_lock import LeaseLock, LocalLock, WorkdirInUseError, lock
 from vlfm.train import aot, distributed
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
-from vlfm.train.init_from import SOURCES, init_params_from
+from vlfm.train.init_from import has_source, init_params_from
 from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
@@ -134,7 +134,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
             if checkpointer.latest_step() is not None:
                 state, _ = checkpointer.restore(abstract, data_iterator=data_it)
                 log.info("resumed from step %d in %s", int(state["step"]), workdir)
-            elif any(config.init_from.get(k) for k in SOURCES):
+            elif has_source(config.init_from):
                 state = start_from(config.init_from, state, tx, shardings)
             start_step = int(jax.device_get(state["step"]))
             evaluators = build_evaluators(config, make_predict_fns(model, mesh))
