@@ -22,10 +22,10 @@ released JSON-lines files (README, "Standard evaluation protocols"), whose examp
 built-in ``shapes_nlvr2`` / ``shapes_snli_ve``: fine-tune as ``configs/vilt_tiny_nlvr2.py`` /
 ``vilt_tiny_snli_ve.py`` with ``data`` pointed at them.
 
-Not yet possible in vlfm: starting the towers from separate CLIP ViT-B/16 and RoBERTa-base
-checkpoints (``init_from`` reads one source). The launch below therefore tokenizes as RoBERTa does
-(its released byte-level BPE files) but trains the towers from scratch: it runs the paper's objectives
-and data, not its initialisation, and should not be expected to reach the figures below.
+Initialisation as the paper: the image tower from OpenAI's CLIP ViT-B/16 (its 224 px position table
+resampled to 288 px), the text tower from RoBERTa-base, the cross-modal layers fresh
+(``init_from.sources``, README "Fine-tuning from a pretrained run"); text tokenized with RoBERTa's own
+byte-level BPE (``tokenizer kind "bpe"``).
 
 Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip install -e ".[tfds_prepare]"``):
     # GCC = CC3M: Train_GCC-training.tsv (caption, url; no header) from the Conceptual Captions site
@@ -57,15 +57,19 @@ Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip insta
                 add(tar, f"{image_id}.jpg", open(path, "rb").read())
                 add(tar, f"{image_id}.json", json.dumps({"captions": [r["phrase"] for r in entry["regions"]]}).encode())
     PY
-    # RoBERTa's byte-level BPE files (vocab.json, merges.txt: 50,265 tokens), as released with roberta-base
-    mkdir -p $ROOT/roberta && cp vocab.json merges.txt $ROOT/roberta/
+    # The two pretrained towers (each a model.safetensors + config.json; roberta-base also brings the BPE
+    # files vocab.json and merges.txt, 50,265 tokens)
+    huggingface-cli download openai/clip-vit-base-patch16 --local-dir $ROOT/hf/clip-vit-base-patch16
+    huggingface-cli download FacebookAI/roberta-base --local-dir $ROOT/hf/roberta-base
 
 Launch (tests/test_recipes.py checks that these commands, through the launchers' dry runs, give
 configs that load):
     ROOT=/mnt/vlfm/data    # TPU: the bucket's data/ folder, mounted on every worker by `tpu_pod.sh setup`;
                            # SLURM: a file system every node sees, e.g. ROOT=/shared/data
     IMG="{'size': 288, 'scale': (0.8, 1.0), 'eval_crop': 'clip', 'mean_std': 'clip'}"
-    TOK="{'kind': 'bpe', 'vocab': '$ROOT/roberta/vocab.json', 'merges': '$ROOT/roberta/merges.txt'}"
+    TOK="{'kind': 'bpe', 'vocab': '$ROOT/hf/roberta-base/vocab.json', 'merges': '$ROOT/hf/roberta-base/merges.txt'}"
+    INIT="({'hf': '$ROOT/hf/clip-vit-base-patch16', 'skip': ['text_tower/.*'], 'resample': ['image_tower/pos_embed/.*']},
+           {'hf': '$ROOT/hf/roberta-base'})"
     TXT="{'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
     JSON_TXT="{'key': 'json/captions', 'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
     COCO_TXT="{'key': 'captions/text', 'tokenizer': $TOK, 'max_len': 50, 'mlm_prob': 0.15}"
@@ -82,10 +86,11 @@ configs that load):
     # on a TPU slice
     export TPU_NAME=vlfm-v5p ZONE=us-east5-a ACCELERATOR=v5p-128 BUCKET=gs://my-bucket
     launch/tpu_pod.sh run configs/meter_clip16_roberta.py meter --config.data="$DATA" --config.evals="$EVALS" \
-        --config.model.text.vocab_size=50265
+        --config.model.text.vocab_size=50265 --config.init_from.sources="$INIT"
     # or on a SLURM GPU cluster (8 nodes x 8 GPUs)
     CONFIG=configs/meter_clip16_roberta.py WORKDIR=/shared/workdirs/meter sbatch --nodes=8 launch/slurm.sbatch \
-        --config.data="$DATA" --config.evals="$EVALS" --config.model.text.vocab_size=50265
+        --config.data="$DATA" --config.evals="$EVALS" --config.model.text.vocab_size=50265 \
+        --config.init_from.sources="$INIT"
 
 Evaluate saved weights (``python -m vlfm.evaluate``; ITM and MLM accuracy on COCO val; after a VQAv2
 fine-tuning, the ``vqav2`` protocol as in ``configs/vilt_b32.py``):

@@ -151,6 +151,44 @@ def test_untied_bert_mlm_parity_and_round_trip(hf_dirs, inputs, tmp_path):
     np.testing.assert_allclose(again.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def roberta_dirs(tmp_path_factory):
+    """RobertaModel (with pooler) and a tied RobertaForMaskedLM as roberta-base has them (one token type,
+    pad id 1, positions from 2), tiny."""
+    T = transformers
+    torch.manual_seed(1)
+    cfg = dict(vocab_size=99, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, **TINY,
+               attn_implementation="eager")
+    root = tmp_path_factory.mktemp("roberta")
+    models = {"roberta": T.RobertaModel(T.RobertaConfig(**cfg)),
+              "roberta_mlm": T.RobertaForMaskedLM(T.RobertaConfig(**cfg))}
+    return {name: (m.eval(), save(m, root / name)) for name, m in models.items()}
+
+
+def test_roberta_parity_and_round_trip(roberta_dirs, inputs, tmp_path):
+    real = inputs["mask"].numpy().astype(bool)
+    for name, cls in (("roberta", transformers.RobertaModel), ("roberta_mlm", transformers.RobertaForMaskedLM)):
+        model, path = roberta_dirs[name]
+        cfg, params = load_hf(path)
+        assert cfg["text"]["pos_offset"] == 2 and cfg["text"]["type_vocab_size"] == 1
+        assert cfg["text"].get("mlm_head", False) == (name == "roberta_mlm") and cfg["text"]["pooler"] == (name == "roberta")
+        with torch.no_grad():
+            ref = model(input_ids=inputs["ids"], attention_mask=inputs["mask"])
+        out = run(cfg, params, dict(text=inputs["ids"].numpy(), text_mask=inputs["mask"].numpy()))
+        if name == "roberta":
+            check("roberta last_hidden_state", out["tokens"], ref.last_hidden_state, mask=real)
+            check("roberta pooler_output", out["pooled"], ref.pooler_output)
+        else:
+            check("roberta_mlm logits", out["mlm_logits"], ref.logits, mask=real)
+        save_hf(cfg, params, tmp_path / name)
+        assert json.loads((tmp_path / name / "config.json").read_text())["model_type"] == "roberta"
+        with torch.no_grad():
+            again = reload(cls, str(tmp_path / name))(input_ids=inputs["ids"], attention_mask=inputs["mask"])
+        want = ref.last_hidden_state if name == "roberta" else ref.logits
+        got = again.last_hidden_state if name == "roberta" else again.logits
+        check(f"{name} round trip", got.numpy(), want.numpy(), mask=real)
+
+
 @pytest.mark.parametrize("scan", [True, False])
 def test_vit_parity(hf_dirs, inputs, scan):
     model, path = hf_dirs["vit"]

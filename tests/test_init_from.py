@@ -47,7 +47,7 @@ def test_rename_maps_source_paths_and_no_match_is_an_error():
 
 
 def test_config_errors_are_named(tmp_path):
-    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf, skip, rename, grow_rows, sources"):
+    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf, skip, rename, grow_rows, resample, sources"):
         init_params_from({"parms": "x"}, _target())
     with pytest.raises(KeyError, match="exactly one of params, checkpoint, hf"):
         init_params_from({"params": None, "skip": ()}, _target())
@@ -162,3 +162,74 @@ def test_cli_missing_source_fails_with_its_own_error(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("FileNotFoundError: init_from.params: no directory"), out.stderr[-3000:]
     assert "cannot schedule new futures" not in out.stdout + out.stderr
+
+
+def test_resample_posemb_keeps_the_class_row_and_interpolates_bilinearly():
+    from vlfm.core.tree import resample_posemb
+
+    # A 2x2 grid whose value is the column index, after one class row; to 4x4 with half-pixel centres the
+    # columns sit at -0.25, 0.25, 0.75, 1.25 of the old grid: 0, 0.25, 0.75, 1 (edges clamp).
+    table = np.array([[9.0], [0.0], [1.0], [0.0], [1.0]], np.float32)
+    out = resample_posemb(table, 17)
+    assert out.shape == (17, 1) and out[0, 0] == 9.0
+    np.testing.assert_allclose(out[1:, 0].reshape(4, 4), np.tile([0.0, 0.25, 0.75, 1.0], (4, 1)), atol=1e-6)
+    np.testing.assert_array_equal(resample_posemb(table, 5), table)
+    with pytest.raises(ValueError, match="1 and 0 class rows"):
+        resample_posemb(table, 16)
+    params, report = merge_params({"pos": np.zeros((17, 1), np.float32)}, {"pos": table}, resample=["pos"])
+    assert report["loaded"] == ["pos"] and params["pos"][0, 0] == 9.0
+    with pytest.raises(ValueError, match=r"pos: source \(5, 1\), model \(17, 1\)"):
+        merge_params({"pos": np.zeros((17, 1), np.float32)}, {"pos": table})
+
+
+@pytest.mark.parity
+def test_meter_starts_from_hf_clip_and_roberta(tmp_path):
+    """METER's recipe: the image tower from a CLIP checkpoint at a smaller image size (positions
+    resampled), the text tower from a RoBERTa checkpoint, the fusion layers fresh."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import jax
+    from flax import traverse_util
+
+    from vlfm.convert.hf import load_hf
+    from vlfm.core.tree import strip_boxes
+    from vlfm.models import build_model
+
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                attn_implementation="eager")
+    torch.manual_seed(0)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(tiny, vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=2),
+        vision_config=dict(tiny, image_size=32, patch_size=8), projection_dim=16))
+    clip.save_pretrained(tmp_path / "clip")
+    roberta = transformers.RobertaModel(transformers.RobertaConfig(vocab_size=99, max_position_embeddings=66,
+                                                                   type_vocab_size=1, pad_token_id=1, **tiny))
+    roberta.save_pretrained(tmp_path / "roberta")
+    model = build_model(dict(
+        name="meter", fusion="co_attention", bridge="none", input_norm=False, width=32, depth=1, num_heads=4,
+        mlp_dim=37, mlm=True, itm="random",
+        image=dict(name="vit", image_size=48, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=37, pre_norm=True,
+                   patch_bias=False, ln_eps=1e-5, act="quick_gelu"),
+        text=dict(name="bert", vocab_size=99, max_len=66, type_vocab_size=1, pos_offset=2, width=32, depth=2,
+                  num_heads=4, mlp_dim=37, ln_eps=1e-5)))
+    batch = dict(image=np.zeros((1, 48, 48, 3), np.float32), text=np.zeros((1, 8), np.int32),
+                 text_mask=np.ones((1, 8), np.int32))
+    # The model's parameter tree without running it (abstract init), filled with a marker value.
+    shapes = strip_boxes(jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"])
+    fresh = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
+    params = init_params_from({"sources": (
+        {"hf": str(tmp_path / "clip"), "skip": [r"text_tower/.*"], "resample": [r"image_tower/pos_embed/.*"]},
+        {"hf": str(tmp_path / "roberta")})}, fresh)
+    flat, before = (traverse_util.flatten_dict(t, sep="/") for t in (params, fresh))
+    clip_flat = traverse_util.flatten_dict(load_hf(str(tmp_path / "clip"))[1], sep="/")
+    roberta_flat = traverse_util.flatten_dict(load_hf(str(tmp_path / "roberta"))[1], sep="/")
+    for key, value in flat.items():
+        if key == "image_tower/pos_embed/embedding":
+            assert value.shape == (37, 32) and clip_flat[key].shape == (17, 32)
+            np.testing.assert_array_equal(value[0], clip_flat[key][0])  # the class position, kept
+        elif key.startswith("image_tower/"):
+            np.testing.assert_array_equal(value, clip_flat[key], err_msg=key)
+        elif key.startswith("text_tower/"):
+            np.testing.assert_array_equal(value, roberta_flat[key], err_msg=key)
+        else:  # fusion layers and heads: no source has them
+            np.testing.assert_array_equal(value, before[key], err_msg=key)

@@ -1,11 +1,12 @@
-"""Import and export of Hugging Face checkpoints: BERT, ViT and CLIP.
+"""Import and export of Hugging Face checkpoints: BERT, RoBERTa, ViT and CLIP.
 
 A checkpoint directory is what ``save_pretrained`` writes: ``config.json`` plus ``model.safetensors``
 (or a sharded ``model.safetensors.index.json``). Supported ``model_type`` values and the vlfm models
 they become:
 
 - ``bert`` (``BertModel``, or ``BertForMaskedLM`` with ``bert.``-prefixed keys) -> ``text_encoder``
-  with a ``bert`` tower;
+  with a ``bert`` tower; ``roberta`` (``RobertaModel``, or ``RobertaForMaskedLM`` with ``roberta.`` keys)
+  likewise, with positions from ``pad_token_id + 1`` (``pos_offset``);
 - ``vit`` (``ViTModel``, or ``ViTForImageClassification`` with ``vit.`` keys) -> ``image_classifier``;
 - ``clip`` (``CLIPModel``) -> ``dual_encoder``; ``clip_text_model`` / ``clip_vision_model``
   (``CLIPTextModel`` / ``CLIPVisionModel``) -> ``text_encoder`` / ``image_classifier``.
@@ -55,7 +56,7 @@ HF_SAVERS: Registry = Registry("vlfm model with an HF export")  # fusion models:
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-LOAD_PREFIXES = {"bert": "bert.", "vit": "vit.", "clip_text_model": "text_model.",
+LOAD_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "vit": "vit.", "clip_text_model": "text_model.",
                  "clip_vision_model": "vision_model."}
 
 HF_TO_VLFM_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh",
@@ -147,6 +148,12 @@ BERT_MLM = (  # BertForMaskedLM head, outside the "bert." prefix
     ("cls.predictions.bias", "mlm_bias", "tensor"),
     ("cls.predictions.decoder", "mlm_decoder", "linear"),  # only when untied
 )
+ROBERTA_MLM = (  # RobertaForMaskedLM head, outside the "roberta." prefix
+    ("lm_head.dense", "mlm_transform", "linear"),
+    ("lm_head.layer_norm", "mlm_ln", "norm"),
+    ("lm_head.bias", "mlm_bias", "tensor"),
+    ("lm_head.decoder", "mlm_decoder", "linear"),  # only when untied
+)
 # ViT in the Hub naming that save_pretrained writes (transformers 5 renames these only in memory).
 VIT_LAYER = (
     ("attention.attention.query", "attn/query", "linear"),
@@ -195,10 +202,10 @@ CLIP_HEADS = (
 )
 
 
-def _bert_rows(depth: int, prefix: str) -> list:
+def _bert_rows(depth: int, prefix: str, mlm_head: tuple = BERT_MLM) -> list:
     return (_expand(BERT_TOP, prefix, "text_tower/")
             + _layers(BERT_LAYER, depth, prefix + "encoder.layer.{i}", "text_tower/")
-            + _expand(BERT_MLM, "", "text_tower/"))
+            + _expand(mlm_head, "", "text_tower/"))
 
 
 def _vit_rows(depth: int, prefix: str) -> list:
@@ -220,6 +227,8 @@ def _clip_vision_rows(depth: int, prefix: str = "vision_model.") -> list:
 def _rows(kind: str, model_config: Mapping[str, Any], prefix: str = "") -> list:
     if kind == "bert":
         return _bert_rows(model_config["text"]["depth"], prefix)
+    if kind == "roberta":
+        return _bert_rows(model_config["text"]["depth"], prefix, ROBERTA_MLM)
     if kind == "vit":
         return _vit_rows(model_config["image"]["depth"], prefix)
     if kind == "clip_text_model":
@@ -248,7 +257,7 @@ def _hf_act(act: str) -> str:
     return VLFM_TO_HF_ACT[act]
 
 
-def _bert_tower(c: Mapping[str, Any], keys: set[str], prefix: str) -> dict:
+def _bert_tower(c: Mapping[str, Any], keys: set[str], prefix: str, roberta: bool = False) -> dict:
     if c.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"only absolute position embeddings are supported, got {c['position_embedding_type']!r}")
     if c.get("is_decoder") or c.get("add_cross_attention"):
@@ -260,7 +269,9 @@ def _bert_tower(c: Mapping[str, Any], keys: set[str], prefix: str) -> dict:
                  dropout_rate=c.get("hidden_dropout_prob", 0.1),
                  attn_dropout_rate=c.get("attention_probs_dropout_prob", 0.1),
                  init_std=c.get("initializer_range", 0.02), pooler=f"{prefix}pooler.dense.weight" in keys)
-    if any(k.startswith("cls.predictions.") for k in keys):
+    if roberta:  # positions count from pad_token_id + 1 (the rows before it are never used)
+        tower["pos_offset"] = int(c.get("pad_token_id", 1)) + 1
+    if any(k.startswith("lm_head." if roberta else "cls.predictions.") for k in keys):
         tower["mlm_head"] = True
         tower["tie_mlm_decoder"] = bool(c.get("tie_word_embeddings", True))
     return tower
@@ -331,8 +342,9 @@ def hf_to_vlfm_config(hf_config: Mapping[str, Any], keys: Iterable[str] = (), sc
     decide optional parts such as the pooler, the MLM head or a classifier)."""
     keys = set(keys)
     kind = hf_config.get("model_type")
-    if kind == "bert":
-        model = dict(name="text_encoder", text=_bert_tower(hf_config, keys, _key_prefix(keys, "bert")))
+    if kind in ("bert", "roberta"):
+        model = dict(name="text_encoder",
+                     text=_bert_tower(hf_config, keys, _key_prefix(keys, kind), roberta=kind == "roberta"))
     elif kind == "vit":
         model = dict(name="image_classifier", image=_vit_tower(hf_config, keys, _key_prefix(keys, "vit")))
     elif kind == "clip_text_model":
@@ -344,7 +356,7 @@ def hf_to_vlfm_config(hf_config: Mapping[str, Any], keys: Iterable[str] = (), sc
                      text=_clip_text_tower(hf_config["text_config"]), embed_dim=hf_config.get("projection_dim", 512),
                      logit_scale_init=hf_config.get("logit_scale_init_value", 2.6592))
     else:
-        raise ValueError(f"unsupported HF model_type {kind!r}; supported: bert, vit, clip, clip_text_model, "
+        raise ValueError(f"unsupported HF model_type {kind!r}; supported: bert, roberta, vit, clip, clip_text_model, "
                          f"clip_vision_model, {', '.join(HF_LOADERS.names())}")
     for tower in ("text", "image"):
         if tower in model:
@@ -368,18 +380,21 @@ def _require(where: str, fields: Mapping[str, Any], **expected: Any) -> None:
 
 
 def _hf_bert_config(t: Mapping[str, Any]) -> dict:
+    """HF ``BertModel`` / ``BertForMaskedLM``, or RoBERTa's classes when positions start later."""
+    roberta = t["pos_offset"] > 0
+    family = "Roberta" if roberta else "Bert"
     if not t["type_vocab_size"]:
-        raise ValueError("HF BERT needs token-type embeddings (type_vocab_size > 0)")
-    _require("bert", t, pos_offset=0)  # RoBERTa-style positions have no HF BertModel equivalent
+        raise ValueError(f"HF {family} needs token-type embeddings (type_vocab_size > 0)")
     if t["mlm_head"] and t["pooler"]:
-        raise ValueError("HF BertForMaskedLM has no pooler: export a BERT with mlm_head and pooler=False")
-    return dict(model_type="bert", architectures=["BertForMaskedLM" if t["mlm_head"] else "BertModel"],
+        raise ValueError(f"HF {family}ForMaskedLM has no pooler: export a model with mlm_head and pooler=False")
+    extra = dict(pad_token_id=t["pos_offset"] - 1, bos_token_id=0, eos_token_id=2) if roberta else dict(pad_token_id=0)
+    return dict(model_type=family.lower(), architectures=[f"{family}ForMaskedLM" if t["mlm_head"] else f"{family}Model"],
                 vocab_size=t["vocab_size"], hidden_size=t["width"], num_hidden_layers=t["depth"],
                 num_attention_heads=t["num_heads"], intermediate_size=t["mlp_dim"], hidden_act=_hf_act(t["act"]),
                 hidden_dropout_prob=t["dropout_rate"], attention_probs_dropout_prob=t["attn_dropout_rate"],
                 max_position_embeddings=t["max_len"], type_vocab_size=t["type_vocab_size"],
                 initializer_range=t["init_std"] if t["init_std"] is not None else 0.02, layer_norm_eps=t["ln_eps"],
-                tie_word_embeddings=bool(t["tie_mlm_decoder"]) if t["mlm_head"] else True, pad_token_id=0)
+                tie_word_embeddings=bool(t["tie_mlm_decoder"]) if t["mlm_head"] else True, **extra)
 
 
 def _check_vit_common(where: str, t: Mapping[str, Any]) -> None:
@@ -434,7 +449,7 @@ def _checkpoint_kind(model_config: Mapping[str, Any]) -> str:
     text = model_config.get("text", {}).get("name")
     image = model_config.get("image", {}).get("name")
     if name == "text_encoder" and text == "bert":
-        return "bert"
+        return "roberta" if _tower_fields(model_config["text"])["pos_offset"] > 0 else "bert"
     if name == "text_encoder" and text == "text_transformer":
         return "clip_text_model"
     if name == "image_classifier" and image == "vit":
@@ -448,7 +463,7 @@ def vlfm_to_hf_config(model_config: Mapping[str, Any]) -> dict:
     """The HF ``config.json`` content for a vlfm model config (raises on settings HF cannot express)."""
     model_config = _plain(model_config)
     kind = _checkpoint_kind(model_config)
-    if kind == "bert":
+    if kind in ("bert", "roberta"):
         config = _hf_bert_config(_tower_fields(model_config["text"]))
     elif kind == "vit":
         config = _hf_vit_config(_tower_fields(model_config["image"]))
@@ -567,14 +582,15 @@ def _drop_duplicates(kind: str, model_config: Mapping[str, Any], tensors: dict[s
     ``cls.predictions.decoder.bias`` alone, so that one becomes vlfm's ``mlm_bias`` and the other,
     which HF never reads, is dropped (transformers 4 keeps the two identical).
     """
-    if kind != "bert" or not model_config["text"].get("mlm_head"):
+    if kind not in ("bert", "roberta") or not model_config["text"].get("mlm_head"):
         return
+    head, bias = ("cls.predictions.", "cls.predictions.bias") if kind == "bert" else ("lm_head.", "lm_head.bias")
     if not model_config["text"].get("tie_mlm_decoder", True):
-        if "cls.predictions.decoder.bias" in tensors:
-            tensors["cls.predictions.bias"] = tensors.pop("cls.predictions.decoder.bias")
+        if f"{head}decoder.bias" in tensors:
+            tensors[bias] = tensors.pop(f"{head}decoder.bias")
         return
-    copies = {"cls.predictions.decoder.bias": "cls.predictions.bias",
-              "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+    copies = {f"{head}decoder.bias": bias,
+              f"{head}decoder.weight": f"{LOAD_PREFIXES[kind]}embeddings.word_embeddings.weight"}
     for dup, original in copies.items():
         if dup in tensors:
             if original not in tensors or not np.array_equal(tensors[dup], tensors[original]):
@@ -657,8 +673,8 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
     hf_config = vlfm_to_hf_config(model_config)
     flat = flat_params_matching(params, _abstract_params(model_config))
     prefix = ""
-    if kind == "bert" and model_config["text"].get("mlm_head"):
-        prefix = "bert."  # BertForMaskedLM
+    if kind in ("bert", "roberta") and model_config["text"].get("mlm_head"):
+        prefix = LOAD_PREFIXES[kind]  # BertForMaskedLM / RobertaForMaskedLM
     elif kind == "vit" and model_config["image"].get("num_classes"):
         prefix = "vit."  # ViTForImageClassification
     elif kind in ("clip_text_model", "clip_vision_model"):
@@ -669,9 +685,10 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
         flat["logit_scale"] = np.minimum(flat["logit_scale"], np.float32(cap))
     tensors = rows_to_tensors(_rows(kind, model_config, prefix), flat, kind)
     text = model_config.get("text") or {}
-    if kind == "bert" and text.get("mlm_head") and not text.get("tie_mlm_decoder", True):
+    if kind in ("bert", "roberta") and text.get("mlm_head") and not text.get("tie_mlm_decoder", True):
         # Untied, transformers 5 reads the decoder's own bias (see _drop_duplicates); write both.
-        tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
+        head = "cls.predictions." if kind == "bert" else "lm_head."
+        tensors[f"{head}decoder.bias"] = tensors[f"{head}bias"].copy()
     write_hf_dir(path, hf_config, tensors, model_config, run_record)
 
 

@@ -3,6 +3,7 @@ counting parameters, and merging one parameter tree into another by path."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,13 +29,39 @@ def _grown(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([value, extra], axis=0)
 
 
+def _square_grid(rows: int) -> tuple[int, int]:
+    """(prefix tokens, grid side) of a position table of ``rows`` rows: a square grid after 0 or 1
+    class rows."""
+    for prefix in (0, 1):
+        side = math.isqrt(rows - prefix)
+        if side * side == rows - prefix:
+            return prefix, side
+    raise ValueError(f"a position table of {rows} rows is not a square grid (after 0 or 1 class rows)")
+
+
+def resample_posemb(value: np.ndarray, rows: int) -> np.ndarray:
+    """A learned 2-D position table ``[prefix + n*n, D]`` resampled bilinearly to ``rows`` rows (another
+    image size or patch size), class rows kept; big_vision's choice of interpolation."""
+    prefix, side = _square_grid(value.shape[0])
+    new_prefix, new_side = _square_grid(rows)
+    if new_prefix != prefix:
+        raise ValueError(f"position tables with {prefix} and {new_prefix} class rows cannot be resampled into each other")
+    grid = np.asarray(value[prefix:], np.float32).reshape(side, side, -1)
+    grid = jax.image.resize(grid, (new_side, new_side, grid.shape[-1]), method="linear", antialias=False)
+    return np.concatenate([np.asarray(value[:prefix], np.float32), np.asarray(grid).reshape(new_side ** 2, -1)], 0)
+
+
 def merge_params(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: Sequence[str] = (),
-                 rename: Sequence[tuple[str, str]] = (), grow_rows: Sequence[str] = ()) -> tuple[dict, dict]:
+                 rename: Sequence[tuple[str, str]] = (), grow_rows: Sequence[str] = (),
+                 resample: Sequence[str] = ()) -> tuple[dict, dict]:
     """``target`` (the new model's params: arrays, possibly sharded) with ``source``'s values (host
     arrays) wherever paths match; returns ``(params, report)`` with the ``loaded``, ``fresh`` and
-    ``unused`` paths. Loaded values take the target's dtype and sharding."""
+    ``unused`` paths. Loaded values take the target's dtype and sharding. Paths matching ``grow_rows``
+    may gain rows (the last one repeated); paths matching ``resample`` are 2-D position tables that
+    ``resample_posemb`` fits to the target's grid."""
     skip_res = [re.compile(p) for p in skip]
     grow_res = [re.compile(p) for p in grow_rows]
+    resample_res = [re.compile(p) for p in resample]
     renames = [(re.compile(p), r) for p, r in rename]
     src = {}
     for key, value in traverse_util.flatten_dict(dict(source), sep="/").items():
@@ -53,19 +80,22 @@ def merge_params(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: 
         value = np.asarray(src[key])
         shape = tuple(current.shape)
         if value.shape != shape:
-            growable = (any(r.fullmatch(key) for r in grow_res) and value.ndim == len(shape)
-                        and value.shape[1:] == shape[1:] and value.shape[0] < shape[0])
-            if not growable:
+            same_rows = value.ndim == len(shape) and value.shape[1:] == shape[1:]
+            if same_rows and any(r.fullmatch(key) for r in resample_res):
+                value = resample_posemb(value, shape[0])
+            elif same_rows and value.shape[0] < shape[0] and any(r.fullmatch(key) for r in grow_res):
+                value = _grown(value, shape)
+            else:
                 wrong.append(f"{key}: source {value.shape}, model {shape}")
                 continue
-            value = _grown(value, shape)
         value = value.astype(current.dtype)
         sharding = getattr(current, "sharding", None)
         out[key] = jax.device_put(value, sharding) if sharding is not None else value
         report["loaded"].append(key)
     if wrong:
-        raise ValueError("init_from: shapes differ (list them in init_from.skip to keep them fresh, or in "
-                         "init_from.grow_rows when only the first axis grew):\n  " + "\n  ".join(wrong))
+        raise ValueError("init_from: shapes differ (list them in init_from.skip to keep them fresh, in "
+                         "init_from.grow_rows when only the first axis grew, or in init_from.resample when a 2-D "
+                         "position table changed grid):\n  " + "\n  ".join(wrong))
     if not report["loaded"]:
         raise ValueError("init_from: no parameter path of the source matches the model (check init_from.rename); "
                          f"source paths start {sorted(src)[:5]}, model paths {sorted(flat)[:5]}")
