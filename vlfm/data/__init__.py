@@ -3,7 +3,7 @@ tokenizers, masking and grain pipelines."""
 
 from vlfm.data import builtin, mixing, text_files, tfds_source, webdataset  # noqa: F401  (register datasets)
 from vlfm.data import builtin_tasks  # noqa: F401  (registers the vision-language task datasets)
-from vlfm.data import audio, sounds  # noqa: F401  (registers the audio field and the built-in sounds)
+from vlfm.data import audio, sounds, video, videos  # noqa: F401  (audio / video fields, built-in sounds / videos)
 from vlfm.data import karpathy, statements, vqav2  # noqa: F401  (registers the benchmark readers)
 from vlfm.data.bad_data import EmptyDatasetError
 from vlfm.data.pipeline import DATASETS, DataIterator, DatasetBundle, build_dataset, to_global, train_iterator

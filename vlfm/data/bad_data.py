@@ -30,9 +30,10 @@ UNREADABLE_SHARD = "unreadable_shard"  # a shard that cannot be opened or is not
 EMPTY_SHARD = "empty_shard"            # a valid shard that holds no sample (e.g. a tar with no members)
 MISSING_FILE = "missing_file"          # a file a record names (an annotation's image) cannot be read
 CORRUPT_AUDIO = "corrupt_audio"        # undecodable audio bytes
+CORRUPT_VIDEO = "corrupt_video"        # undecodable or truncated video bytes
 SHORT_CLIP = "short_clip"              # audio or video shorter than the configured clip needs
 KINDS = (CORRUPT_IMAGE, EMPTY_TEXT, BAD_TEXT, MISSING_KEY, BAD_VALUE, TRUNCATED_SHARD, UNREADABLE_SHARD, EMPTY_SHARD,
-         MISSING_FILE, CORRUPT_AUDIO, SHORT_CLIP)
+         MISSING_FILE, CORRUPT_AUDIO, CORRUPT_VIDEO, SHORT_CLIP)
 
 STATE_KEY = "vlfm_bad_counts"  # marks DropBad's counters inside a (nested) grain iterator state
 

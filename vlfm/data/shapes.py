@@ -223,7 +223,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A muted, low-saturation background: solid, linear gradient or light noise texture."""
     kind = int(rng.integers(3))
     grey = rng.uniform(70.0, 180.0)
@@ -242,7 +242,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return (base + noise).astype(np.float32)
 
 
-def _draw(image: np.ndarray, shape: str, rgb: np.ndarray, cx: float, cy: float, radius: float) -> None:
+def draw(image: np.ndarray, shape: str, rgb: np.ndarray, cx: float, cy: float, radius: float) -> None:
     """Alpha-composite one anti-aliased shape into image (float [H, W, 3], in place), via supersampling."""
     size = image.shape[0]
     ss = _SUPERSAMPLE
@@ -317,10 +317,10 @@ def _example(
         geometry.append((_GRID[o["position"] % 3] + jx, _GRID[o["position"] // 3] + jy, radius, rgb))
     caption = _caption(rng, objects)
 
-    image = _background(rng, image_size)
+    image = background(rng, image_size)
     for o, (fx, fy, fr, rgb) in zip(objects, geometry):
         rgb = rgb.astype(np.float32)
-        _draw(image, SHAPES[o["shape"]], rgb, fx * image_size, fy * image_size, fr * image_size)
+        draw(image, SHAPES[o["shape"]], rgb, fx * image_size, fy * image_size, fr * image_size)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), caption, objects
 
 

@@ -1,0 +1,87 @@
+"""Video for the data workers: decoding (PyAV), frame sampling, per-frame preprocessing shared with images.
+
+A clip is ``num_frames`` frames of the video: in evaluation spread uniformly over it (the centre of
+each of ``num_frames`` equal segments, as TSN and ViViT's evaluation), in training at a random stride
+from 1 to ``max_stride`` with a random start (a clip of that span must fit, or the stride shrinks).
+Every frame of a clip goes through the same image preprocessing with the same random draws (one crop,
+one flip for the clip), so augmentation never tears motion apart.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vlfm.data.bad_data import BAD_VALUE, CORRUPT_VIDEO, SHORT_CLIP, BadData
+from vlfm.data.preprocess import FIELDS, Field, ImageField
+
+
+def uniform_indices(num_available: int, num_frames: int) -> np.ndarray:
+    """The centre frame of each of ``num_frames`` equal segments of the video."""
+    return ((np.arange(num_frames) + 0.5) * num_available / num_frames).astype(np.int64)
+
+
+def strided_indices(num_available: int, num_frames: int, rng: np.random.Generator, max_stride: int) -> np.ndarray:
+    """``num_frames`` frames at a random stride (the largest that fits when ``max_stride`` does not) from
+    a random start."""
+    fits = max(1, min(max_stride, (num_available - 1) // max(num_frames - 1, 1)))
+    stride = int(rng.integers(1, fits + 1))
+    span = (num_frames - 1) * stride + 1
+    start = int(rng.integers(0, num_available - span + 1))
+    return start + stride * np.arange(num_frames)
+
+
+def decode_video(data: bytes) -> np.ndarray:
+    """Encoded video (MP4, WebM, ...) -> every frame as ``[T, H, W, 3]`` uint8 RGB (PyAV)."""
+    import av  # optional dependency: the ``video`` extra
+
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError("no video frames")
+    return np.stack(frames)
+
+
+@FIELDS.register("video")
+class VideoField(Field):
+    """Encoded video (``KEY.mp4`` / ``KEY.webm``) or decoded frames ``[T, H, W, 3]`` (pre-extracted,
+    or a TFDS ``Video`` feature) -> ``video`` ``[num_frames, size, size, 3]`` float32.
+
+    ``image``: kwargs of the image field for every frame (``size``, crops, ``flip``, ``mean_std``; not
+    ``mim``). ``max_stride``: the training stride range. A video that cannot be decoded is
+    ``corrupt_video``; one with fewer than ``num_frames`` frames ``short_clip``: skipped and counted.
+    """
+
+    def __init__(self, key: str = "mp4;webm;avi;video", train: bool = False, num_frames: int = 8,
+                 max_stride: int = 2, image: Mapping[str, Any] | None = None):
+        super().__init__(key, train)
+        spec = dict(image or {})
+        if "mim" in spec:
+            raise ValueError("the video field's image spec cannot mask (mim); mask tubelets in the model instead")
+        self.frames = ImageField(key="frame", train=train, **spec)
+        self.num_frames, self.max_stride = num_frames, max_stride
+
+    def process(self, raw: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if isinstance(raw, (bytes, bytearray)):
+            try:
+                frames = decode_video(bytes(raw))
+            except (OSError, ValueError, RuntimeError) as e:  # PyAV's errors are OSError / ValueError subclasses
+                raise BadData(CORRUPT_VIDEO, f"{type(e).__name__}: {e}") from None
+        elif isinstance(raw, np.ndarray) and raw.ndim == 4:
+            frames = raw
+        else:
+            raise BadData(BAD_VALUE, f"video is a {type(raw).__name__} {getattr(raw, 'shape', '')}, not bytes or "
+                                     "[T, H, W, 3] frames")
+        if frames.shape[0] < self.num_frames:
+            raise BadData(SHORT_CLIP, f"{frames.shape[0]} frames, the clip needs {self.num_frames}")
+        if self.train:
+            index = strided_indices(frames.shape[0], self.num_frames, rng, self.max_stride)
+        else:
+            index = uniform_indices(frames.shape[0], self.num_frames)
+        seed = int(rng.integers(2**63))  # one draw for the clip: every frame gets the same crop and flip
+        clip = [self.frames.process(np.ascontiguousarray(frames[i]), np.random.default_rng(seed))["image"]
+                for i in index]
+        return {"video": np.stack(clip)}
