@@ -59,7 +59,7 @@ BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 LOAD_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "vit": "vit.", "clip_text_model": "text_model.",
                  "clip_vision_model": "vision_model."}
 
-HF_TO_VLFM_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh",
+HF_TO_VLFM_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
                   "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 VLFM_TO_HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu",
                   "silu": "silu"}

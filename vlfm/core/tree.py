@@ -51,17 +51,33 @@ def resample_posemb(value: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([np.asarray(value[:prefix], np.float32), np.asarray(grid).reshape(new_side ** 2, -1)], 0)
 
 
+def inflate_kernel(kernel: np.ndarray, frames: int, how: str = "central") -> np.ndarray:
+    """A 2-D patch kernel ``[p, p, C, D]`` as a tubelet kernel ``[frames, p, p, C, D]``: ``central``
+    puts it on the middle frame and zeros elsewhere (ViViT's initialisation: the video model starts as
+    the image model on the middle frame), ``average`` spreads it evenly over the frames (I3D's)."""
+    kernel = np.asarray(kernel)
+    if how == "central":
+        out = np.zeros((frames,) + kernel.shape, kernel.dtype)
+        out[frames // 2] = kernel
+        return out
+    if how == "average":
+        return np.repeat(kernel[None] / frames, frames, axis=0).astype(kernel.dtype)
+    raise ValueError(f"unknown kernel inflation {how!r}; valid: central, average")
+
+
 def merge_params(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: Sequence[str] = (),
                  rename: Sequence[tuple[str, str]] = (), grow_rows: Sequence[str] = (),
-                 resample: Sequence[str] = ()) -> tuple[dict, dict]:
+                 resample: Sequence[str] = (), inflate: Sequence[str] = ()) -> tuple[dict, dict]:
     """``target`` (the new model's params: arrays, possibly sharded) with ``source``'s values (host
     arrays) wherever paths match; returns ``(params, report)`` with the ``loaded``, ``fresh`` and
     ``unused`` paths. Loaded values take the target's dtype and sharding. Paths matching ``grow_rows``
     may gain rows (the last one repeated); paths matching ``resample`` are 2-D position tables that
-    ``resample_posemb`` fits to the target's grid."""
+    ``resample_posemb`` fits to the target's grid; paths matching ``inflate`` are 2-D patch kernels that
+    become tubelet kernels (``inflate_kernel``, central frame)."""
     skip_res = [re.compile(p) for p in skip]
     grow_res = [re.compile(p) for p in grow_rows]
     resample_res = [re.compile(p) for p in resample]
+    inflate_res = [re.compile(p) for p in inflate]
     renames = [(re.compile(p), r) for p, r in rename]
     src = {}
     for key, value in traverse_util.flatten_dict(dict(source), sep="/").items():
@@ -81,7 +97,9 @@ def merge_params(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: 
         shape = tuple(current.shape)
         if value.shape != shape:
             same_rows = value.ndim == len(shape) and value.shape[1:] == shape[1:]
-            if same_rows and any(r.fullmatch(key) for r in resample_res):
+            if value.shape == shape[1:] and any(r.fullmatch(key) for r in inflate_res):
+                value = inflate_kernel(value, shape[0])
+            elif same_rows and any(r.fullmatch(key) for r in resample_res):
                 value = resample_posemb(value, shape[0])
             elif same_rows and value.shape[0] < shape[0] and any(r.fullmatch(key) for r in grow_res):
                 value = _grown(value, shape)
@@ -95,7 +113,8 @@ def merge_params(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: 
     if wrong:
         raise ValueError("init_from: shapes differ (list them in init_from.skip to keep them fresh, in "
                          "init_from.grow_rows when only the first axis grew, or in init_from.resample when a 2-D "
-                         "position table changed grid):\n  " + "\n  ".join(wrong))
+                         "position table changed grid, or in init_from.inflate for a patch kernel become a tubelet "
+                         "kernel):\n  " + "\n  ".join(wrong))
     if not report["loaded"]:
         raise ValueError("init_from: no parameter path of the source matches the model (check init_from.rename); "
                          f"source paths start {sorted(src)[:5]}, model paths {sorted(flat)[:5]}")

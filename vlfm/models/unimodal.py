@@ -12,14 +12,17 @@ from vlfm.models.towers import build_tower
 
 @MODELS.register("image_classifier")
 class ImageClassifier(nn.Module):
-    """``batch["image"]`` -> the tower's outputs, with ``logits`` from its classifier head."""
+    """``batch[input_key]`` -> the tower's outputs, with ``logits`` from its classifier head. Any
+    one-input tower: images (``vit``), videos (``video_vit``, ``input_key="video"``), spectrograms
+    (``spectrogram_vit``, ``input_key="audio"``)."""
 
     image: Any
+    input_key: str = "image"
     PREDICT = {"logits": lambda m, b: m(b)["logits"]}
 
     @nn.compact
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
-        return build_tower(self.image, name="image_tower")(batch["image"], train=train)
+        return build_tower(self.image, name="image_tower")(batch[self.input_key], train=train)
 
 
 @MODELS.register("text_encoder")

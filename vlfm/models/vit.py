@@ -72,8 +72,8 @@ def patch_embeddings(module: nn.Module, images: jax.Array, *, train: bool) -> tu
 class VisionTransformer(TransformerTower):
     """Images ``[B, H, W, 3]`` -> ``{"tokens", "pooled", "logits"?}``.
 
-    ``pool``: ``cls`` (class token), ``gap`` (mean of patch tokens), ``map`` (attention pooling) or
-    ``none``. ``pooler="dense_tanh"`` adds BERT/HF-ViT's tanh pooler on the pooled vector.
+    ``pool``: ``cls`` (class token), ``prefix`` (mean of the prefix tokens: AST's class and distillation
+    tokens), ``gap`` (mean of patch tokens), ``map`` (attention pooling) or ``none``. ``pooler="dense_tanh"`` adds BERT/HF-ViT's tanh pooler on the pooled vector.
     ``num_classes > 0`` adds a (zero-initialised) linear classifier. ``norm_hidden`` applies the final
     LayerNorm to every collected layer output too (BridgeTower's shared ``ln_post``).
     """
@@ -90,12 +90,17 @@ class VisionTransformer(TransformerTower):
     num_classes: int = 0
     norm_hidden: bool = False
 
+    def embed(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, int]:
+        """Input tokens and the number of prefix tokens; towers for other inputs (video tubelets,
+        spectrogram patches) replace this and keep everything after it."""
+        return patch_embeddings(self, images, train=train)
+
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict:
         dtype, pdtype = self.dtypes
         if self.norm_hidden and not (self.collect_hidden and self.final_norm):
             raise ValueError("norm_hidden needs collect_hidden=True and final_norm=True")
-        x, n_prefix = patch_embeddings(self, images, train=train)
+        x, n_prefix = self.embed(images, train=train)
         out, outputs = run_encoder(self, x, norm="pre", train=train)
         outputs["encoded"] = out
         if self.final_norm:
@@ -108,6 +113,10 @@ class VisionTransformer(TransformerTower):
             if not self.class_token:
                 raise ValueError("pool='cls' needs class_token=True")
             pooled = out[:, 0]
+        elif self.pool == "prefix":
+            if not n_prefix:
+                raise ValueError("pool='prefix' needs prefix tokens (class_token=True)")
+            pooled = out[:, :n_prefix].mean(axis=1)
         elif self.pool == "gap":
             pooled = out[:, n_prefix:].mean(axis=1)
         elif self.pool == "map":
@@ -116,7 +125,7 @@ class VisionTransformer(TransformerTower):
         elif self.pool == "none":
             pooled = None
         else:
-            raise ValueError(f"unknown pool {self.pool!r}; valid: cls, gap, map, none")
+            raise ValueError(f"unknown pool {self.pool!r}; valid: cls, prefix, gap, map, none")
         if self.pooler not in ("none", "dense_tanh"):
             raise ValueError(f"unknown pooler {self.pooler!r}; valid: none, dense_tanh")
         if pooled is None and (self.pooler != "none" or self.num_classes):

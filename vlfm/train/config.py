@@ -53,7 +53,7 @@ def base_config() -> ConfigDict:
     # Fine-tuning: start from another run's params (vlfm.train.init_from); one of params/checkpoint/hf,
     # or `sources`: a list of such dicts (each with its own skip/rename/grow_rows), merged in order.
     c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, skip=(), rename=(), grow_rows=(), resample=(),
-                                  sources=()))
+                                  inflate=(), sources=()))
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
     # mu_dtype / lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,

@@ -11,12 +11,13 @@ Options: ``skip`` (path regexes kept freshly initialised even if the source has 
 and ``grow_rows`` (path regexes whose first axis may be longer in the new model: the source rows are
 copied and the extra rows repeat the last one, e.g. ViLT's modality-type embedding growing a third
 row for NLVR2's second image, as ViLT initialises it) and ``resample`` (path regexes of 2-D position
-tables resampled bilinearly to the new model's grid: a 224 px checkpoint in a 288 px model). Any other
-shape difference is an error naming the parameter. A run that resumes from its own checkpoint ignores ``init_from``.
+tables resampled bilinearly to the new model's grid: a 224 px checkpoint in a 288 px model) and
+``inflate`` (path regexes of 2-D patch kernels that become tubelet kernels, central frame: a video model
+from an image checkpoint). Any other shape difference is an error naming the parameter. A run that resumes from its own checkpoint ignores ``init_from``.
 
 Several sources (METER's CLIP image tower and RoBERTa text tower, say): ``sources`` is a list of
 dicts, each with one of ``params`` / ``checkpoint`` / ``hf`` and its own ``skip`` / ``rename`` /
-``grow_rows`` / ``resample``, merged in order. Each must load something, and a parameter two sources both load is
+``grow_rows`` / ``resample`` / ``inflate``, merged in order. Each must load something, and a parameter two sources both load is
 an error naming it (skip it in one of them): no source silently overwrites another.
 """
 
@@ -34,7 +35,7 @@ from vlfm.core.tree import merge_params
 log = logging.getLogger(__name__)
 
 SOURCES = ("params", "checkpoint", "hf")
-MERGE_KEYS = ("skip", "rename", "grow_rows", "resample")
+MERGE_KEYS = ("skip", "rename", "grow_rows", "resample", "inflate")
 INIT_KEYS = SOURCES + MERGE_KEYS + ("sources",)
 
 
@@ -62,7 +63,8 @@ def _merge_one(cfg: Mapping[str, Any], params: Any, where: str) -> tuple[Any, di
     path, source = _source_params(cfg)
     merged, report = merge_params(params, source, skip=tuple(cfg.get("skip", ())),
                                   rename=tuple(tuple(r) for r in cfg.get("rename", ())),
-                                  grow_rows=tuple(cfg.get("grow_rows", ())), resample=tuple(cfg.get("resample", ())))
+                                  grow_rows=tuple(cfg.get("grow_rows", ())), resample=tuple(cfg.get("resample", ())),
+                                  inflate=tuple(cfg.get("inflate", ())))
     log.info("%s %s: loaded %d tensors; fresh: %s; unused from the source: %s", where, path, len(report["loaded"]),
              ", ".join(report["fresh"]) or "none", ", ".join(report["unused"]) or "none")
     return merged, report
