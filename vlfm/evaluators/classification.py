@@ -15,11 +15,15 @@ from vlfm.evaluators.registry import EVALUATORS
 
 @EVALUATORS.register("classification")
 class ClassificationEvaluator:
-    """Top-1 accuracy of ``predict_fns["logits"]`` against ``label`` on a held-out split."""
+    """Top-1 accuracy of ``predict_fns[predict]`` (default ``logits``; PolyViT: ``logits/<task>``) against
+    ``label`` on a held-out split."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
-                 num_examples: int | None = None, batch_size: int = 256):
-        self.predict = predict_fns["logits"]
+                 num_examples: int | None = None, batch_size: int = 256, predict: str = "logits"):
+        if predict not in predict_fns:
+            raise KeyError(f"classification: the model has no predict function {predict!r}; it has "
+                           f"{', '.join(sorted(predict_fns))}")
+        self.predict = predict_fns[predict]
         self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:

@@ -60,7 +60,7 @@ def make_predict_fns(model: nn.Module, mesh: Mesh) -> dict[str, Callable]:
     fns = {}
     if is_generative(model):
         fns[GENERATE] = _generate_fn(model, mesh, spec, multiple)
-    for name, fn in getattr(type(model), "PREDICT", {}).items():
+    for name, fn in getattr(model, "PREDICT", {}).items():  # a class dict, or a property of the config (PolyViT)
         def predict(params, batch, fn=fn):
             return model.apply({"params": params}, batch, method=lambda m, b: fn(m, b))
 
