@@ -61,20 +61,29 @@ def inputs():
     return dict(ids=ids, mask=mask, masked_ids=masked_ids, mlm=mlm, pixels=pixels, patches=patches, codes=codes)
 
 
-def test_flava_model_parity(hf, inputs):
-    model, path = hf["model"]
-    config, params = load_hf(path)
-    assert config["name"] == "flava" and not config.get("mim")
+def _losses(outputs, batch, names):
+    out = {}
+    for name, kwargs in names.items():
+        out[name] = float(LOSSES.get(kwargs.pop("fn", name))(outputs, batch, **kwargs)[0])
+    return out
+
+
+def test_flava_parity(hf, inputs):
+    """One import of FlavaForPreTraining: the states of its FlavaModel, then each pretraining loss."""
+    pretraining, path = hf["pretraining"]
+    model = pretraining.flava
+    config, params = load_hf(path, scan=False)
+    assert all(config[k] for k in ("mim", "mlm", "mmm", "itm"))
     vlfm = build_model(config)
-    for masked in (True, False):  # the unmasked pass last: its outputs feed the embeddings below
+    encode = jax.jit(lambda p, b: vlfm.apply({"params": p}, b, method=type(vlfm).encode))
+    for masked in (True, False):  # an all-False mask leaves every patch as it is
         with torch.no_grad():
             want = model(input_ids=inputs["ids"], attention_mask=inputs["mask"], pixel_values=inputs["pixels"],
                          bool_masked_pos=inputs["patches"] if masked else None)
-        batch = dict(image=nhwc(inputs["pixels"]), text=inputs["ids"].numpy(), text_mask=inputs["mask"].numpy())
-        if masked:
-            batch["image_mask"] = inputs["patches"].numpy()
-        got = vlfm.apply({"params": params}, {k: jnp.asarray(v) for k, v in batch.items()},
-                         method=type(vlfm).encode)
+        patches = inputs["patches"].numpy() if masked else np.zeros((3, 16), bool)
+        batch = dict(image=nhwc(inputs["pixels"]), text=inputs["ids"].numpy(), text_mask=inputs["mask"].numpy(),
+                     image_mask=patches)
+        got = encode(params, {k: jnp.asarray(v) for k, v in batch.items()})
         real = np.concatenate([np.ones((3, 18), bool), inputs["mask"].numpy().astype(bool)], axis=1)
         check("image tokens", got["image_tokens"], want.image_output.last_hidden_state)
         check("image pooled", got["image_pooled"], want.image_output.pooler_output)
@@ -83,35 +92,19 @@ def test_flava_model_parity(hf, inputs):
         check("text pooled", got["text_pooled"], want.text_output.pooler_output)
         check("mm tokens", got["mm_tokens"], want.multimodal_output.last_hidden_state, real)
         check("mm pooled", got["mm_pooled"], want.multimodal_output.pooler_output)
-    with torch.no_grad():  # the contrastive embeddings: projections of the normalised [CLS] tokens
-        want_image = model.image_projection(want.image_output.last_hidden_state[:, 0])
-        want_text = model.text_projection(want.text_output.last_hidden_state[:, 0])
+    with torch.no_grad():  # the contrastive embeddings: projections of the normalised [CLS] tokens (unmasked pass)
+        want_image = model.image_projection(want.image_output.last_hidden_state[:, 0]).numpy()
+        want_text = model.text_projection(want.text_output.last_hidden_state[:, 0]).numpy()
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    b = {"image": jnp.asarray(nhwc(inputs["pixels"])), "text": jnp.asarray(inputs["ids"].numpy()),
-         "text_mask": jnp.asarray(inputs["mask"].numpy())}
-    check("image embed", vlfm.apply({"params": params}, b, method=lambda m, b: m.encode_image(b["image"])),
-          unit(want_image.numpy()))
-    check("text embed", vlfm.apply({"params": params}, b, method=lambda m, b: m.encode_text(b["text"], b["text_mask"])),
-          unit(want_text.numpy()))
+    check("image embed", got["image_embed"], unit(want_image))
+    check("text embed", got["text_embed"], unit(want_text))
 
-
-def _losses(outputs, batch, names):
-    out = {}
-    for name, kwargs in names.items():
-        out[name] = float(LOSSES.get(kwargs.pop("fn", name))(outputs, batch, **kwargs)[0])
-    return out
-
-
-def test_flava_pretraining_losses_parity(hf, inputs):
-    model, path = hf["pretraining"]
-    config, params = load_hf(path)
-    assert all(config[k] for k in ("mim", "mlm", "mmm", "itm"))
-    vlfm = build_model(config)
-    i = inputs
+    model, i = pretraining, inputs  # each loss of FlavaForPreTraining given the same masks and MIM labels
     targets = np.where(i["mlm"].numpy() == -100, -1, i["mlm"].numpy())
     image, codes, patches = nhwc(i["pixels"]), i["codes"].numpy(), i["patches"].numpy()
-    apply = lambda batch: vlfm.apply({"params": params}, {k: jnp.asarray(v) for k, v in batch.items()},  # noqa: E731
-                                     train=True, rngs={"sampling": jax.random.key(0), "dropout": jax.random.key(1)})
+    fn = jax.jit(lambda p, b: vlfm.apply({"params": p}, b, train=True,
+                                         rngs={"sampling": jax.random.key(0), "dropout": jax.random.key(1)}))
+    apply = lambda batch: fn(params, {k: jnp.asarray(v) for k, v in batch.items()})  # noqa: E731
     with torch.no_grad():
         want = model(input_ids=i["ids"], input_ids_masked=i["masked_ids"], attention_mask=i["mask"],
                      pixel_values=i["pixels"], bool_masked_pos=i["patches"], mim_labels=i["codes"].clone(),

@@ -363,13 +363,17 @@ class Flava(nn.Module):
 
     def encode(self, batch: dict) -> dict:
         """Every state HF ``FlavaModel`` returns, for the batch's unmasked ``image`` and ``text`` (and the
-        masked image when ``image_mask`` is given): ``{image, text, mm}_{tokens, pooled}``."""
+        masked image when ``image_mask`` is given): ``{image, text, mm}_{tokens, pooled}``, and the
+        normalised contrastive embeddings ``image_embed``, ``text_embed``."""
         text_mask = batch.get("text_mask")
         image = self.image_encoder(batch["image"], batch.get("image_mask"))
         text = self.text_encoder(batch["text"], text_mask)
         mm = self.fuse(image, text, text_mask)
-        return {f"{part}_{k}": v[k] for part, v in (("image", image), ("text", text), ("mm", mm))
-                for k in ("tokens", "pooled")}
+        out = {f"{part}_{k}": v[k] for part, v in (("image", image), ("text", text), ("mm", mm))
+               for k in ("tokens", "pooled")}
+        out["image_embed"] = _unit(self.image_projection(image["tokens"][:, 0]))
+        out["text_embed"] = _unit(self.text_projection(text["tokens"][:, 0]))
+        return out
 
     def masked_text_logits(self, batch: dict) -> jax.Array:
         """MLM logits of text alone, or MMM text logits of pairs (``mlm_text`` with its image)."""
