@@ -70,7 +70,10 @@ def tiny():
             flat.update(flax.traverse_util.flatten_dict(strip_boxes(variables["params"]), sep="/"))
         return flax.traverse_util.unflatten_dict(flat, sep="/")
 
-    params = jax.jit(init)()
+    shapes = jax.eval_shape(init)  # traced only: random values below, no compiled init
+    leaves, tree = jax.tree.flatten(shapes)
+    keys = jax.random.split(jax.random.key(4), len(leaves))
+    params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
     run = jax.jit(lambda p, b: model.apply({"params": p}, b, train=True, rngs=RNGS))
     return model, params, pair, run
 

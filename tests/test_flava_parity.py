@@ -139,3 +139,25 @@ def test_flava_export_round_trip(hf, which, tmp_path):
     want = model.state_dict()
     for key, value in back.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), want[key].numpy(), err_msg=key)
+
+
+def test_dalle_codebook_imports_as_a_tokenizer(tmp_path):
+    """FLAVA's dVAE layout (HF FlavaImageCodebook) -> vlfm's frozen tokenizer: logits and codes match."""
+    from vlfm.models.dvae import DvaeTokenizer
+    from vlfm.models.image_tokenizer import ImageTokenizer
+
+    torch.manual_seed(0)
+    config = dict(hidden_size=8, num_groups=4, num_blocks_per_group=2, vocab_size=64)
+    codebook = _perturb(transformers.FlavaImageCodebook(transformers.FlavaImageCodebookConfig(**config)))
+    tensors = {k: v.numpy() for k, v in codebook.state_dict().items()}
+    tok = DvaeTokenizer.from_hf(tensors, config, image_size=32, patch_size=8)
+    tok.save(str(tmp_path / "dvae.npz"))
+    tok = ImageTokenizer.load(str(tmp_path / "dvae.npz"))
+    assert isinstance(tok, DvaeTokenizer) and tok.codebook_size == 64 and tok.input_size == 32
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = codebook(0.8 * pixels + 0.1)  # map_pixels, as HF's processor prepares codebook pixels
+    got = jax.jit(tok.logits)(jnp.asarray(nhwc(0.8 * pixels + 0.1)))
+    check("dvae logits", got, nhwc(want))
+    codes = tok(jnp.asarray(nhwc(pixels)))  # images in [0, 1]: pixel_mean 0, pixel_std 1
+    np.testing.assert_array_equal(np.asarray(codes), want.argmax(1).numpy())
