@@ -157,7 +157,7 @@ def test_dalle_codebook_imports_as_a_tokenizer(tmp_path):
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = codebook(0.8 * pixels + 0.1)  # map_pixels, as HF's processor prepares codebook pixels
-    got = jax.jit(tok.logits)(jnp.asarray(nhwc(0.8 * pixels + 0.1)))
+    # logits of the mapped pixels, and the codes of the images in [0, 1] (pixel_mean 0, pixel_std 1)
+    got, codes = jax.jit(lambda x: (tok.logits(0.8 * x + 0.1), tok(x)))(jnp.asarray(nhwc(pixels)))
     check("dvae logits", got, nhwc(want))
-    codes = tok(jnp.asarray(nhwc(pixels)))  # images in [0, 1]: pixel_mean 0, pixel_std 1
     np.testing.assert_array_equal(np.asarray(codes), want.argmax(1).numpy())

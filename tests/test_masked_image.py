@@ -70,7 +70,7 @@ def test_masked_feature_regression_by_hand():
 
 def test_heads_and_decoder_shapes_and_restore():
     head = MaskedPredictionHead(11)
-    dec = MaeDecoder(grid=(2, 2), out_dim=12, width=16, depth=1, num_heads=2, mlp_dim=32)
+    dec = MaeDecoder(grid=(2, 2), out_dim=12, width=16, depth=1, num_heads=2, mlp_dim=32, scan=False)
     _, mask, ids_restore = random_masking(jax.random.key(1), 4, 2, 0.5)
     tokens = jnp.ones((2, 1 + 2, 8))  # [CLS] + 2 kept patches
 
