@@ -19,6 +19,16 @@ images in 8 px patches (16 patches), 16 text tokens. Each task reports its metri
 ``train/<task>/``; the evals score each objective against its baseline on 500 held-out examples: MIM
 and MMM-image token accuracy (``unigram_baseline``: always the most frequent masked code), MLM and
 MMM-text accuracy (unigram baseline), ITM accuracy (chance 0.5) and retrieval R@1 (chance 1/500).
+
+Measured on 2 shared (heavily loaded) CPU cores, 600 steps (200 per task), 390,379 parameters, about
+0.5 s/step steady, 20 min wall in all with evals:
+    python -m vlfm.train --config configs/flava_tiny.py --workdir workdirs/flava_tiny --config.total_steps=600 \
+        --config.checkpoint_every=600 --config.evals.mim.every=300 --config.evals.mlm.every=300 \
+        --config.evals.itm.every=300 --config.evals.mmm_text.every=300 --config.evals.mmm_image.every=300 \
+        --config.evals.retrieval.every=300
+MIM token accuracy 0.465 and MMM-image 0.474 (unigram baseline 0.058), MLM 0.486 (unigram 0.130),
+MMM-text 0.530 (unigram 0.140); ITM 0.487 and retrieval R@1 0.006 / 0.002 (chance 0.5 and 0.002): after
+200 pair steps the matching objectives have not started to learn. The full 1,500 steps were not run.
 """
 
 import ml_collections
@@ -44,9 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     mim = dict(fn="masked_xent", logits_key="mim_logits", target_key="mim_targets")
     c.tasks = ml_collections.ConfigDict(dict(
-        image=dict(data=IMAGES, losses=dict(mim=mim)),
-        text=dict(data=TEXT, losses=dict(mlm=dict(fn="masked_xent"))),
-        pairs=dict(data=PAIRS, losses=dict(
+        image=dict(data=dict(IMAGES), losses=dict(mim=mim)),
+        text=dict(data=dict(TEXT), losses=dict(mlm=dict(fn="masked_xent"))),
+        pairs=dict(data=dict(PAIRS), losses=dict(
             contrastive=dict(fn="softmax_contrastive"),
             itm=dict(),
             mmm_image=dict(fn="masked_xent", logits_key="mmm_image_logits", target_key="mmm_image_targets"),
@@ -57,12 +67,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.01
     held_out = dict(every=500, split="validation", num_examples=500)
     c.evals = ml_collections.ConfigDict(dict(
-        mim=dict(type="token_accuracy", data=IMAGES, predict="mim_tokens", pad_id=-1, **held_out),
-        mlm=dict(type="mlm_accuracy", data=TEXT, **held_out),
-        itm=dict(type="itm_accuracy", data=PAIRS, **held_out),
-        mmm_text=dict(type="vl_mlm_accuracy", data=PAIRS, **held_out),
-        mmm_image=dict(type="token_accuracy", data=PAIRS, predict="mmm_image_tokens", pad_id=-1, **held_out),
-        retrieval=dict(type="retrieval", data=PAIRS, **held_out),
+        mim=dict(type="token_accuracy", data=dict(IMAGES), predict="mim_tokens", pad_id=-1, **held_out),
+        mlm=dict(type="mlm_accuracy", data=dict(TEXT), **held_out),
+        itm=dict(type="itm_accuracy", data=dict(PAIRS), **held_out),
+        mmm_text=dict(type="vl_mlm_accuracy", data=dict(PAIRS), **held_out),
+        mmm_image=dict(type="token_accuracy", data=dict(PAIRS), predict="mmm_image_tokens", pad_id=-1, **held_out),
+        retrieval=dict(type="retrieval", data=dict(PAIRS), **held_out),
     ))
     c.log_every = 50
     c.checkpoint_every = 500

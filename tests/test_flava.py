@@ -78,6 +78,7 @@ def tiny():
     return model, params, pair, run
 
 
+@pytest.mark.slow
 def test_targets_of_the_masked_objectives(tiny):
     model, params, pair, run = tiny
     out = run(params, pair)
@@ -96,6 +97,7 @@ def test_targets_of_the_masked_objectives(tiny):
     np.testing.assert_array_equal(targets[drawn], np.asarray(pair["mim_targets"])[drawn])
 
 
+@pytest.mark.slow
 def test_multimodal_encoder_reads_states_before_the_final_layernorm(tiny):
     """Changing the unimodal encoders' final LayerNorm moves the contrastive embeddings, not the fused
     pass (ITM and MMM logits); the pair forward compiled above is reused."""

@@ -4,6 +4,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.test_flava import _config
 from vlfm.core.tree import strip_boxes
@@ -30,6 +31,7 @@ def test_vlc_base_parameters_by_hand():
     assert sum(flat[k].size for k in flat if k.startswith("mae_decoder")) == decoder
 
 
+@pytest.mark.slow
 def test_mlm_pass_sees_only_the_kept_patches():
     cfg = dict(_config("vlc_tiny").model, depth=1, itm="none", scan=False)
     model = build_model(cfg)

@@ -14,11 +14,12 @@ imports their checkpoints):
 
 One model serves every FLAVA task; what the batch holds picks the objectives (no trainer change):
 
-| batch | outputs (what the config enables) |
-|---|---|
-| ``image`` alone | ``mim``: ``mim_logits [B, N, V_img]``, ``mim_targets`` (codes of masked patches, -1 elsewhere) |
-| ``text`` alone (masked ids + ``mlm_targets``) | ``mlm``: ``mlm_logits [B, L, V]`` |
-| ``image`` + ``text`` (+ ``mlm_text``, ``mlm_targets``) | ``image_embed``, ``text_embed``, ``logit_scale`` (global contrastive, unmasked passes); ``itm``: ``itm_logits``, ``itm_labels``; ``mmm``: ``mmm_image_logits`` / ``mmm_image_targets`` and ``mmm_text_logits`` / ``mmm_text_targets`` |
+- ``image`` alone: ``mim`` gives ``mim_logits [B, N, V_img]`` and ``mim_targets`` (codes of the masked
+  patches, -1 elsewhere);
+- ``text`` alone (masked ids + ``mlm_targets``): ``mlm`` gives ``mlm_logits [B, L, V]``;
+- ``image`` + ``text`` (+ ``mlm_text``, ``mlm_targets``): ``image_embed``, ``text_embed``, ``logit_scale``
+  (global contrastive, unmasked passes); ``itm``: ``itm_logits``, ``itm_labels``; ``mmm``:
+  ``mmm_image_logits`` / ``mmm_image_targets`` and ``mmm_text_logits`` / ``mmm_text_targets``.
 
 The multimodal pass reads the masked image and the masked text (``mlm_text``, else ``text``), as
 FLAVA's does; ITM and MMM share it. In training, ``itm`` gives a random half of the pairs another
