@@ -6,6 +6,7 @@ from vlfm.models import meter, vilt  # noqa: F401  (registers the fusion models)
 from vlfm.models import coca  # noqa: F401  (registers the generative models)
 from vlfm.models import vlmo  # noqa: F401  (registers VLMo)
 from vlfm.models import polyvit  # noqa: F401  (registers PolyViT)
+from vlfm.models import flava, vlc  # noqa: F401  (registers FLAVA and VLC)
 from vlfm.models.registry import MODELS, build_model
 from vlfm.models.towers import TOWERS, build_tower
 

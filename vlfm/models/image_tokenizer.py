@@ -10,7 +10,8 @@ Two sources of weights:
   built-in data); vlfm can build it itself.
 - ``load``: a released dVAE/VQ codebook in an ``.npz`` file with the layout
   ``codebook`` float [K, D], ``projection`` float [P*P*3, D] (patch pixels -> code space; omit for
-  identity, D = P*P*3), ``patch_size`` int scalar, ``normalise`` bool scalar (per-patch mean/std).
+  identity, D = P*P*3), ``patch_size`` int scalar, ``normalise`` bool scalar (per-patch mean/std);
+  or a DALL-E dVAE encoder (FLAVA's codebook, ``vlfm.models.dvae``), which ``load`` recognises.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ class ImageTokenizer:
 
     @classmethod
     def load(cls, path: str) -> "ImageTokenizer":
+        """A nearest-codeword ``.npz``, or a dVAE encoder saved by ``vlfm.models.dvae`` (same interface)."""
         with np.load(path) as f:
+            if "dvae_blocks_per_group" in f.files:
+                from vlfm.models.dvae import DvaeTokenizer
+
+                return DvaeTokenizer.load(path)  # type: ignore[return-value]
             missing = {"codebook", "patch_size"} - set(f.files)
             if missing:
                 raise ValueError(f"{path}: missing {sorted(missing)}; expected codebook [K,D], "
