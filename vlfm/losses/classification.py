@@ -25,9 +25,11 @@ def softmax_xent(outputs: dict, batch: dict, logits_key: str = "logits", label_k
 @LOSSES.register("masked_xent")
 def masked_xent(outputs: dict, batch: dict, logits_key: str = "mlm_logits",
                 target_key: str = "mlm_targets", ignore_index: int = -1) -> tuple[jax.Array, dict]:
-    """Token cross-entropy over positions whose target is not ``ignore_index`` (MLM, MIM, captions)."""
+    """Token cross-entropy over positions whose target is not ``ignore_index`` (MLM, MIM, captions).
+    The targets are ``outputs[target_key]`` when the model makes them (MIM codes of a frozen image
+    tokenizer), else ``batch[target_key]``."""
     logits = outputs[logits_key].astype(jnp.float32)
-    targets = batch[target_key]
+    targets = outputs[target_key] if target_key in outputs else batch[target_key]
     valid = targets != ignore_index
     safe = jnp.where(valid, targets, 0)
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
