@@ -85,7 +85,7 @@ def test_each_stage_keeps_its_frozen_parameters_bit_identical():
 def test_mim_and_text_mlm_passes():
     model = build_model(dict(name="vlmo", width=16, depth=2, num_heads=2, mlp_dim=32, vl_depth=1, vocab_size=30,
                              max_text_len=6, image_size=16, patch_size=8, contrastive_dim=8, mlm=True, itm="none",
-                             mim_vocab_size=8, tokenizer_fit_images=64))
+                             mim_vocab_size=8, tokenizer_fit_images=64, image_abs_pos=True))
     r = np.random.default_rng(0)
     image = jnp.asarray(r.uniform(-1, 1, size=(2, 16, 16, 3)), jnp.float32)
     mask = jnp.asarray([[[True, False], [False, False]], [[False, True], [True, False]]])
@@ -103,7 +103,8 @@ def test_mim_and_text_mlm_passes():
     targets = np.asarray(out["mim_targets"])
     np.testing.assert_array_equal(targets < 0, ~np.asarray(mask).reshape(2, 4))
     assert ((targets[targets >= 0] >= 0) & (targets[targets >= 0] < 8)).all()
-    # a masked patch's pixels reach the targets only, never the logits
+    # a masked patch's pixels reach the targets only, never the logits (the mask token takes the patch's
+    # place before the absolute positions are added)
     changed = image.at[0, :8, :8].set(-image[0, :8, :8])
     np.testing.assert_allclose(mim(params, changed)["mim_logits"], out["mim_logits"], rtol=1e-6, atol=1e-6)
     visible = image.at[0, 8:, 8:].set(-image[0, 8:, 8:])

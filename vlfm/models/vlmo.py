@@ -70,6 +70,7 @@ class Vlmo(FusionModel):
     relative_position: bool = True
     # Learned absolute positions for the image patches as well as the relative position bias (BEiT's and
     # VLMo's ``use_abs_pos_emb``): the bias alone gives offsets between patches, not where a patch is.
+    # Without the bias (``relative_position=False``) the image embedding always has learned positions.
     image_abs_pos: bool = False
     qkv_bias: str = "qv"  # type: ignore[assignment]  # "qkv", "qv" (BEiT: no k bias), "none"
     layer_scale: float | None = 0.1
