@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from vlfm.data.pipeline import train_iterator
 from vlfm.models import build_model
@@ -41,6 +42,7 @@ def _flat(tree):
     return flax.traverse_util.flatten_dict(flax.linen.meta.unbox(tree), sep="/")
 
 
+@pytest.mark.slow  # three train steps compiled (the image-text one with ITC x2, hard ITM and MLM)
 def test_each_stage_keeps_its_frozen_parameters_bit_identical():
     c = _tiny_config()
     model = build_model(c.model)
