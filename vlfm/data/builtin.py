@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grain
 import numpy as np
 from PIL import Image
 
 from vlfm.data import image_ops, shapes
-from vlfm.data.masking import mlm_mask
+from vlfm.data.masking import block_mask, mlm_mask
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.tokenizers import WordTokenizer
 
@@ -54,6 +56,12 @@ def _mlm_transform(example: dict, rng: np.random.Generator, *, tokenizer: WordTo
     return dict(example, text=ids, mlm_targets=targets)
 
 
+def _mim_transform(example: dict, rng: np.random.Generator, *, then: Callable | None,
+                   mim: dict[str, Any]) -> dict:
+    out = dict(example, image_mask=block_mask(rng, **mim))
+    return then(out, rng) if then is not None else out
+
+
 def _references(split: str, max_objects: int, index: int, num: int) -> list[str]:
     return shapes.reference_captions(split, int(index), num, max_objects)
 
@@ -61,10 +69,12 @@ def _references(split: str, max_objects: int, index: int, num: int) -> list[str]
 @DATASETS.register("shapes")
 def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32, max_objects: int = 2,
                    view: str = "pairs", max_len: int = 16, mlm_prob: float = 0.0,
-                   cache_dir: str | None = None) -> DatasetBundle:
+                   mim: Mapping[str, Any] | None = None, cache_dir: str | None = None) -> DatasetBundle:
     """Examples with ``image`` (float32, scaled to [-1, 1]), ``text``/``text_mask`` (word ids),
     ``label`` and the main object's attributes, restricted to the keys of ``view``. With
-    ``mlm_prob > 0`` the text is masked per example (80/10/10) and ``mlm_targets`` added.
+    ``mlm_prob > 0`` the text is masked per example (80/10/10) and ``mlm_targets`` added. ``mim``
+    (kwargs of ``masking.block_mask``, e.g. ``grid=(4, 4), num_masked=6, min_block=2``) adds a BEiT
+    block mask per example, ``image_mask`` (bool [h, w], True = masked), for masked image modelling.
 
     The ``captions`` view adds ``index`` (int32, the example's number in the split): captioning evaluators
     look up every reference wording of it with ``info["reference_captions"](index, num)``, so no string
@@ -90,6 +100,10 @@ def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32,
         if "text" not in arrays:
             raise ValueError(f"mlm_prob needs a view with captions, not {view!r}")
         transform = functools.partial(_mlm_transform, tokenizer=tokenizer, prob=mlm_prob)
+    if mim:
+        if "image" not in arrays:
+            raise ValueError(f"mim needs a view with images, not {view!r}")
+        transform = functools.partial(_mim_transform, then=transform, mim=dict(mim))
     prompts = shapes.class_prompts()
     info = dict(name="shapes", tokenizer=tokenizer, max_len=max_len, class_names=list(shapes.CLASS_NAMES),
                 class_prompts=prompts, num_classes=len(shapes.CLASS_NAMES), vocab_size=tokenizer.vocab_size,

@@ -16,6 +16,16 @@ embedding (text 0, image 1, a second image 2 for NLVR2) and run through ``MomeTr
   positions to V-FFN, top layers use VL-FFN) feeds MLM, ITM (tanh pooler on token 0) and the task
   heads of ``FusionModel``.
 
+Two uni-modal objectives for VLMo's stagewise pretraining (a task's ``forward.method``):
+
+- ``mim``: BEiT masked image modelling on the image-only pass: the patches of ``batch["image_mask"]``
+  ([B, h, w], True = masked; ``vlfm.data.masking.block_mask``) are replaced by a learned mask token, and
+  ``mim_head`` predicts their codes from the frozen image tokenizer (``image_tokenizer``, e.g. the
+  ``kmeans`` codebook fitted on the built-in data): ``mim_logits [B, h*w, mim_vocab_size]`` and
+  ``mim_targets [B, h*w]`` (-1 where not masked), for ``masked_xent``;
+- ``text_mlm``: masked language modelling on the text-only pass (L-FFN in every layer, VL-FFN unused,
+  as VLMo's language stage): ``mlm_logits`` over ``batch["mlm_text"]`` (else ``text``).
+
 ``multiway_attention`` gives each modality its own attention projections and LayerNorm (BEiT-3's
 multiway transformer; BEiT-3's sub-LayerNorms are not implemented).
 """
@@ -34,6 +44,7 @@ from vlfm.core.flops import transformer_flops
 from vlfm.models import layers
 from vlfm.models.dual_encoder import l2_normalize
 from vlfm.models.fusion import FusionModel
+from vlfm.models.image_tokenizer import resolve_tokenizer
 from vlfm.models.mome import MomeTransformer
 from vlfm.models.registry import MODELS
 from vlfm.models.vilt import ImageEmbed, TextEmbed
@@ -57,6 +68,10 @@ class Vlmo(FusionModel):
     vl_depth: int = 2
     multiway_attention: bool = False
     relative_position: bool = True
+    # Learned absolute positions for the image patches as well as the relative position bias (BEiT's and
+    # VLMo's ``use_abs_pos_emb``): the bias alone gives offsets between patches, not where a patch is.
+    # Without the bias (``relative_position=False``) the image embedding always has learned positions.
+    image_abs_pos: bool = False
     qkv_bias: str = "qv"  # type: ignore[assignment]  # "qkv", "qv" (BEiT: no k bias), "none"
     layer_scale: float | None = 0.1
     ln_eps: float = 1e-6
@@ -66,10 +81,16 @@ class Vlmo(FusionModel):
     vl_contrastive: bool = False
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
+    mim_vocab_size: int = 0  # > 0: the mask token and MIM head of ``mim`` (the tokenizer's codebook size)
+    image_tokenizer: str = "kmeans"  # "kmeans" (fitted on the built-in data) or an .npz codebook
+    tokenizer_fit_images: int = 2000
+    tokenizer_normalise: bool = False
 
     PREDICT = dict(FusionModel.PREDICT,
                    encode_image=lambda m, b: m.encode_image_embed(b["image"]),
-                   encode_text=lambda m, b: m.encode_text_embed(b["text"], b.get("text_mask")))
+                   encode_text=lambda m, b: m.encode_text_embed(b["text"], b.get("text_mask")),
+                   mim_logits=lambda m, b: m.mim(b)["mim_logits"],
+                   text_mlm_logits=lambda m, b: m.text_mlm(b)["mlm_logits"])
 
     def setup(self):
         dtype, pdtype = self.dtypes
@@ -86,6 +107,8 @@ class Vlmo(FusionModel):
         self.image_embeddings = ImageEmbed(self.patch_size, self.width,
                                       pos_embedding="none" if self.relative_position else "learned",
                                       dropout_rate=self.dropout_rate, init_std=self.init_std, dtypes=self.dtypes)
+        if self.image_abs_pos and self.relative_position:
+            self.image_pos = layers.PosEmbed(grid * grid + 1, self.width, self.init_std or 0.02, param_dtype=pdtype)
         self.modality_embed = layers.PosEmbed(self.num_types, self.width, self.init_std or 0.02, axis_name="types",
                                               param_dtype=pdtype)
         self.transformer = MomeTransformer(
@@ -107,6 +130,11 @@ class Vlmo(FusionModel):
             if self.vl_contrastive:
                 self.itc_vl_image_proj, self.itc_vl_text_proj = proj(), proj()
                 self.vl_logit_scale = scale("vl_logit_scale")
+        if self.mim_vocab_size:
+            self.mask_token = self.param("mask_token", layers.logical(nn.initializers.truncated_normal(0.02),
+                                                                      ("embed",)), (self.width,), pdtype)
+            self.mim_head = layers.Proj((self.mim_vocab_size,), ("embed", "vocab"), init_std=self.init_std,
+                                        dtype=dtype, param_dtype=pdtype)
         self.setup_heads()
 
     def text_vocab_size(self) -> int:
@@ -118,10 +146,21 @@ class Vlmo(FusionModel):
         mask = jnp.ones(ids.shape, bool) if mask is None else mask.astype(bool)
         return {"tokens": self.text_embeddings(ids, train=train), "mask": mask}
 
-    def encode_image(self, images: jax.Array, train: bool) -> dict:
+    def encode_image(self, images: jax.Array, train: bool, mask: jax.Array | None = None) -> dict:
+        """Patch tokens with the class token first; ``mask [B, patches]`` (True = masked) swaps patches for
+        the MIM mask token before the absolute positions (if any) are added."""
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"VLMo expects {self.image_size} px images, got {images.shape[1:3]}")
-        return {"tokens": self.image_embeddings(images, train=train)}
+        tokens = self.image_embeddings(images, train=train)
+        if mask is not None:
+            if not self.relative_position:
+                raise ValueError("mim needs relative_position=True (with image_abs_pos for absolute positions): the "
+                                 "mask token must take a patch's place before its position is added")
+            patches = jnp.where(mask[..., None], self.mask_token.astype(tokens.dtype), tokens[:, 1:])
+            tokens = jnp.concatenate([tokens[:, :1], patches], axis=1)
+        if self.image_abs_pos and self.relative_position:
+            tokens = tokens + self.image_pos().astype(tokens.dtype)[None]
+        return {"tokens": tokens}
 
     def _typed(self, tokens: jax.Array, kind: int) -> jax.Array:
         return tokens + self.modality_embed().astype(tokens.dtype)[kind]
@@ -156,6 +195,41 @@ class Vlmo(FusionModel):
         x = self.transformer(jnp.concatenate([t, v], axis=1), mode="vl", text_len=n, key_mask=mask, train=train)
         return {"text_tokens": x[:, :n], "image_tokens": x[:, n:], "text_mask": text["mask"],
                 "image_mask": image_mask, "pooled": jnp.tanh(self.pooler(x[:, 0])), "tokens": x}
+
+    # -- uni-modal objectives of the stagewise pretraining ----------------------------------------------
+
+    def mim(self, batch: dict, *, train: bool = False) -> dict:
+        """BEiT masked image modelling on the image-only pass (module docstring): ``mim_logits`` and
+        ``mim_targets`` (the tokenizer's codes of the masked patches, -1 elsewhere)."""
+        if not self.mim_vocab_size:
+            raise ValueError("mim needs mim_vocab_size > 0 (the image tokenizer's codebook size)")
+        images = batch["image"]
+        b, n = images.shape[0], (self.image_size // self.patch_size) ** 2
+        mask = jnp.asarray(batch["image_mask"]).astype(bool).reshape(b, -1)
+        if mask.shape[1] != n:
+            raise ValueError(f"image_mask has {mask.shape[1]} cells, the image {n} patches")
+        x = self._typed(self.encode_image(images, train, mask=mask)["tokens"], 1)
+        h = self.transformer(x, mode="image", train=train)
+        tok = resolve_tokenizer(self.image_tokenizer, codebook_size=self.mim_vocab_size, patch_size=self.patch_size,
+                                image_size=self.image_size, fit_images=self.tokenizer_fit_images,
+                                normalise=self.tokenizer_normalise)
+        if tok.codebook_size != self.mim_vocab_size or tok.patch_size != self.patch_size:
+            raise ValueError(f"image tokenizer {self.image_tokenizer!r} has {tok.codebook_size} codes of "
+                             f"{tok.patch_size} px patches; the model has mim_vocab_size={self.mim_vocab_size} and "
+                             f"patch_size={self.patch_size}")
+        codes = tok(images).reshape(b, -1)  # stop_gradient inside
+        return {"mim_logits": self.mim_head(h[:, 1:]).astype(jnp.float32),
+                "mim_targets": jnp.where(mask, codes, -1)}
+
+    def text_mlm(self, batch: dict, *, train: bool = False) -> dict:
+        """Masked language modelling on the text-only pass (VLMo's language stage): ``mlm_logits`` over
+        ``batch["mlm_text"]`` (else ``text``; targets ``mlm_targets`` from the batch)."""
+        if not self.mlm:
+            raise ValueError("text_mlm needs mlm=True (the MLM head)")
+        ids = batch["mlm_text"] if "mlm_text" in batch else batch["text"]
+        text = self.encode_text(ids, batch.get("text_mask"), train)
+        h = self.transformer(self._typed(text["tokens"], 0), mode="text", key_mask=text["mask"], train=train)
+        return {"mlm_logits": self.mlm_head(h)}
 
     # -- contrastive head -------------------------------------------------------------------------------
 
