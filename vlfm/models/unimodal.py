@@ -12,10 +12,14 @@ from vlfm.models.towers import build_tower
 
 @MODELS.register("image_classifier")
 class ImageClassifier(nn.Module):
-    """``batch["image"]`` -> the tower's outputs, with ``logits`` from its classifier head."""
+    """``batch["image"]`` -> the tower's outputs, with ``logits`` from its classifier head.
+
+    ``encode_image`` gives the pre-logit features (the tower's ``pooled``, the head's input), the feature
+    the frozen-feature protocols (``linear_probe``, ``fewshot``) read by default, so a classifier is probed
+    on its representation rather than on its class scores."""
 
     image: Any
-    PREDICT = {"logits": lambda m, b: m(b)["logits"]}
+    PREDICT = {"logits": lambda m, b: m(b)["logits"], "encode_image": lambda m, b: m(b)["pooled"]}
 
     @nn.compact
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
