@@ -250,6 +250,28 @@ def test_clip_export_writes_the_temperature_the_model_uses(hf_dirs, inputs, tmp_
     check("exported clip logits_per_image", out["logit_scale"] * out["image_embed"] @ out["text_embed"].T, ref)
 
 
+def test_exported_clip_loads_without_a_token_id_warning(hf_dirs, tmp_path):
+    """A small-vocabulary CLIP export loads without transformers' 'bos_token_id must be None or an
+    integer within the vocabulary' warning (HF's default 49406 lies outside a 99-token vocabulary)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    cfg, params = load_hf(hf_dirs["clip"][1])
+    save_hf(cfg, params, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["text_config"]["bos_token_id"] is None
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logging.get_logger("transformers").addHandler(handler)
+    hf_logging.warning_once.cache_clear()  # the fixture's own HF configs already emitted it once
+    try:
+        reload(transformers.CLIPModel, str(tmp_path))
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert not [r.getMessage() for r in records if "_token_id must be" in r.getMessage()]
+
+
 def test_non_square_vit_is_refused_naming_the_option(tmp_path):
     model = transformers.ViTModel(transformers.ViTConfig(**dict(TINY_VISION, image_size=[48, 32])))
     with pytest.raises(ValueError, match=r"non-square image_size=\[48, 32\]"):

@@ -109,3 +109,32 @@ def test_evaluators_on_builtin_data():
         assert few[f"{shots}shot_seed1"] == pytest.approx(accs[1])
     with pytest.raises(ValueError, match="unknown feature 'pooled'"):
         EVALUATORS.get("fewshot")(fns, data=data, feature="pooled")
+
+
+def test_image_classifier_offers_its_pre_logit_features_to_the_probes():
+    """An image classifier's ``encode_image`` is its head's input (the pooled vector), not its logits, and
+    the few-shot evaluator reads it by default."""
+    import jax
+
+    from vlfm.models import build_model
+
+    cfg = dict(name="image_classifier", image=dict(name="vit", image_size=8, patch_size=4, width=16, depth=1,
+                                                   num_heads=2, mlp_dim=32, num_classes=56))
+    model = build_model(cfg)
+    data = dict(name="shapes", num_examples=60, image_size=8)
+    batch = eval_arrays(build_dataset(dict(data, view="image_label"), "validation"), 4)
+    import flax.linen as nn
+
+    params = nn.meta.unbox(model.init(jax.random.key(0), {"image": batch["image"]})["params"])
+    head = params["image_tower"]["head"]  # zero at init: random, so that logits and features differ
+    head["kernel"] = np.random.default_rng(0).normal(size=head["kernel"].shape).astype(np.float32)
+    out = model.apply({"params": params}, {"image": batch["image"]})
+    fns = {name: jax.jit(lambda p, b, fn=fn: model.apply({"params": p}, b, method=lambda m, b: fn(m, b)))
+           for name, fn in type(model).PREDICT.items()}
+    features = fns["encode_image"](params, {"image": batch["image"]})
+    assert features.shape == (4, 16) and out["logits"].shape == (4, 56)
+    np.testing.assert_allclose(features, out["pooled"], rtol=1e-6)
+    np.testing.assert_allclose(features @ head["kernel"] + head["bias"], out["logits"], rtol=1e-4, atol=1e-5)
+    few = dict(EVALUATORS.get("fewshot")(fns, data=data, num_test=30, shots=(1,), num_seeds=1,
+                                         batch_size=32).run(params))
+    assert 0.0 <= few["1shot"] <= 1.0

@@ -431,7 +431,19 @@ def _hf_clip_text_config(t: Mapping[str, Any]) -> dict:
     return dict(model_type="clip_text_model", vocab_size=t["vocab_size"], hidden_size=t["width"],
                 intermediate_size=t["mlp_dim"], num_hidden_layers=t["depth"], num_attention_heads=t["num_heads"],
                 max_position_embeddings=t["max_len"], hidden_act=_hf_act(t["act"]), layer_norm_eps=t["ln_eps"],
-                dropout=t["dropout_rate"], attention_dropout=0.0, eos_token_id=eos)
+                dropout=t["dropout_rate"], attention_dropout=0.0, eos_token_id=eos,
+                bos_token_id=_clip_bos_token_id(t["vocab_size"]))
+
+
+# The OpenAI BPE vocabulary's <|startoftext|>, HF CLIPTextConfig's default bos_token_id.
+CLIP_BOS_ID = 49406
+
+
+def _clip_bos_token_id(vocab_size: int) -> int | None:
+    """HF CLIP never reads bos_token_id in its forward pass, but left out of config.json it defaults to
+    49406, which transformers flags on load as outside any smaller vocabulary. vlfm's text tower has no
+    bos id of its own: the default is written only where the vocabulary holds it, otherwise none."""
+    return CLIP_BOS_ID if vocab_size > CLIP_BOS_ID else None
 
 
 def _hf_clip_vision_config(t: Mapping[str, Any]) -> dict:

@@ -14,11 +14,15 @@ from vlfm.models.towers import build_tower
 class ImageClassifier(nn.Module):
     """``batch[input_key]`` -> the tower's outputs, with ``logits`` from its classifier head. Any
     one-input tower: images (``vit``), videos (``video_vit``, ``input_key="video"``), spectrograms
-    (``spectrogram_vit``, ``input_key="audio"``)."""
+    (``spectrogram_vit``, ``input_key="audio"``).
+
+    ``encode_image`` gives the pre-logit features (the tower's ``pooled``, the head's input), the feature
+    the frozen-feature protocols (``linear_probe``, ``fewshot``) read by default, so a classifier is probed
+    on its representation rather than on its class scores."""
 
     image: Any
     input_key: str = "image"
-    PREDICT = {"logits": lambda m, b: m(b)["logits"]}
+    PREDICT = {"logits": lambda m, b: m(b)["logits"], "encode_image": lambda m, b: m(b)["pooled"]}
 
     @nn.compact
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
