@@ -1,0 +1,57 @@
+"""A tiny Florence / UniCL on the built-in shapes data: image-label and image-text data in one contrastive space.
+
+UniCL (Yang et al. 2022; the objective of Florence, Yuan et al. 2021): image-label examples enter as
+prompt-filled class names ("a photo of a red circle", label = the class id), every image-text pair gets a
+label of its own, and ``multi_positive_contrastive`` takes every row with the same label as a positive. Here
+both streams are mixed in each batch (``mixture`` of ``label_text`` over the shapes ``image_label`` view and
+``unique_labels`` over its caption pairs, about half each).
+
+The image tower is a ViT (a Swin / CoSwin tower is a later step); the rest is ``configs/clip_tiny.py``'s
+model. ``captions_only`` trains the same model, loss and steps on the caption pairs alone (then the loss is
+CLIP's: every label is unique).
+
+Commands:
+    python -m vlfm.train --config configs/florence_tiny.py --workdir workdirs/florence_tiny
+    python -m vlfm.train --config configs/florence_tiny.py:captions_only --workdir workdirs/florence_captions
+
+Results: see RESULTS below (filled from the runs' metrics.jsonl).
+"""
+
+import ml_collections
+
+from vlfm.train.config import base_config
+
+SHAPES = dict(name="shapes", num_examples=20_000, image_size=32, max_len=24)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = set(filter(None, (arg or "").split(",")))
+    unknown = options - {"captions_only"}
+    if unknown:
+        raise ValueError(f"florence_tiny: unknown options {sorted(unknown)}; valid: captions_only")
+    c = base_config()
+    c.total_steps = 1000
+    c.model = ml_collections.ConfigDict(dict(
+        name="dual_encoder",
+        embed_dim=64,
+        image=dict(name="vit", image_size=32, patch_size=4, width=64, depth=3, num_heads=4, mlp_dim=256,
+                   pre_norm=True, patch_bias=False, ln_eps=1e-5),
+        text=dict(name="text_transformer", vocab_size=64, max_len=24, width=64, depth=2, num_heads=4, mlp_dim=256,
+                  pool="eos", eos_id=3),
+    ))
+    c.losses = ml_collections.ConfigDict(dict(multi_positive_contrastive=dict(label_key="label")))
+    pairs = dict(name="unique_labels", weight=1.0, source=dict(SHAPES, view="pairs"))
+    labels = dict(name="label_text", weight=1.0, templates="data", source=dict(SHAPES, view="image_label"))
+    datasets = dict(pairs=pairs) if "captions_only" in options else dict(pairs=pairs, labels=labels)
+    c.data = ml_collections.ConfigDict(dict(name="mixture", sampling="weighted", datasets=datasets, batch_size=128,
+                                            num_workers=0, train_split="train"))
+    c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=100)
+    c.optimizer.weight_decay = 0.05
+    c.evals = ml_collections.ConfigDict(dict(
+        retrieval=dict(every=500, split="validation", num_examples=500, data=dict(SHAPES, view="pairs")),
+        zeroshot=dict(type="clip_zeroshot", every=500, split="validation", num_examples=500, data=dict(SHAPES),
+                      class_names="data", templates="data"),
+    ))
+    c.log_every = 50
+    c.checkpoint_every = 500
+    return c
