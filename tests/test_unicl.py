@@ -103,3 +103,88 @@ def test_queue_and_distillation_match_the_formula_and_the_sharded_loss():
     np.testing.assert_allclose(got, ref, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Momentum encoders and queues: part of the train state, resumed exactly
+
+B, QUEUE = 16, 32
+MODEL = dict(name="dual_encoder", embed_dim=16,
+             image=dict(name="vit", image_size=16, patch_size=8, width=16, depth=1, num_heads=2, mlp_dim=32),
+             text=dict(name="text_transformer", vocab_size=32, max_len=8, width=16, depth=1, num_heads=2, mlp_dim=32,
+                       pool="eos", eos_id=3))
+
+
+def _batch(step):
+    """A deterministic batch per step: images, texts, labels mixing classes (0..3) and pairs (-1)."""
+    rng = np.random.default_rng(step)
+    text = rng.integers(5, 32, (B, 8)).astype(np.int32)
+    text[:, -1] = 3
+    return {"image": rng.normal(size=(B, 16, 16, 3)).astype(np.float32), "text": text,
+            "text_mask": np.ones((B, 8), np.int32), "label": rng.integers(-1, 4, B).astype(np.int32)}
+
+
+def test_killed_run_resumes_with_the_same_queue_and_losses(tmp_path):
+    """Steps 1-4 uninterrupted against steps 1-2, a checkpoint, a fresh process-like restore (new state
+    from the abstract layout, new checkpointer) and steps 3-4: the same queue, momentum parameters and
+    losses, on 8 data shards (the queue is sharded like batch rows)."""
+    import flax.linen as nn
+    import optax
+
+    from vlfm.core.checkpoint import Checkpointer
+    from vlfm.core.sharding import batch_sharding, rules_from_config
+    from vlfm.losses import combined_loss
+    from vlfm.models import build_model
+    from vlfm.optim.combine import build_combiner
+    from vlfm.train.momentum import build_momentum
+    from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
+    from vlfm.train.step import make_train_step
+    from vlfm.train.tasks import Task
+
+    model = build_model(MODEL)
+    momentum = build_momentum(dict(decay=0.5, queue_size=QUEUE, queue_keys=["image_embed", "text_embed", "label"]))
+    loss_fn = combined_loss({"unicl": dict(fn="multi_positive_contrastive", label_key="label", queue=True, alpha=0.4)})
+    task = Task("main", None, B, loss_fn)
+    tx = optax.chain(build_combiner(None, {"main": 1.0}), optax.adam(1e-2))
+    mesh, rules = make_mesh((-1, 1, 1)), rules_from_config()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        example = {k: v[0] for k, v in _batch(0).items()}
+        init = state_initializer(model, tx, tasks=[TaskInit("main", init_batch(example, 8))], momentum=momentum)
+        fresh, shardings, abstract = sharded_init(init, jax.random.key(0), mesh, rules)
+        assert shardings["momentum"]["queue"]["image_embed"].spec[0] == ("data", "fsdp")
+        step = jax.jit(make_train_step(model, [task], tx, optax.constant_schedule(1e-2), seed=0, momentum=momentum),
+                       in_shardings=(shardings, None, None), out_shardings=(shardings, None))
+
+        def run(state, first, last):
+            losses = []
+            for i in range(first, last):
+                batch = {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in _batch(i).items()}
+                state, metrics = step(state, {"main": batch}, {})
+                losses.append(float(metrics["loss"]))
+            return state, losses
+
+        full, full_losses = run(jax.tree.map(jnp.copy, fresh), 0, 4)
+        half, _ = run(fresh, 0, 2)
+        ckpt = Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False)
+        try:
+            ckpt.save(2, half)
+        finally:
+            ckpt.close()
+        del half
+        ckpt = Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False)
+        try:
+            restored, _ = ckpt.restore(abstract)
+        finally:
+            ckpt.close()
+        resumed, resumed_losses = run(restored, 2, 4)
+    assert resumed_losses == full_losses[2:]
+    a, b = jax.device_get(full["momentum"]), jax.device_get(resumed["momentum"])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    queue = a["queue"]
+    assert queue["valid"].all() and int(a["ptr"]) == 4 * B % QUEUE
+    np.testing.assert_allclose(np.linalg.norm(queue["text_embed"], axis=-1), 1.0, rtol=1e-5)  # embeddings written
+    np.testing.assert_array_equal(queue["label"], np.concatenate([_batch(2)["label"], _batch(3)["label"]]))
+    moved = [not np.array_equal(m, p) for m, p in zip(jax.tree.leaves(a["params"]),
+                                                      jax.tree.leaves(jax.device_get(full["params"])))]
+    assert any(moved)  # the momentum model lags the student
