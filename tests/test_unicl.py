@@ -188,3 +188,50 @@ def test_killed_run_resumes_with_the_same_queue_and_losses(tmp_path):
     moved = [not np.array_equal(m, p) for m, p in zip(jax.tree.leaves(a["params"]),
                                                       jax.tree.leaves(jax.device_get(full["params"])))]
     assert any(moved)  # the momentum model lags the student
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image-label-text data
+
+
+def test_label_and_pair_data_mix_in_one_batch_with_one_label_space():
+    from vlfm.data import build_dataset, shapes, train_iterator
+
+    small = dict(name="shapes", num_examples=64, image_size=16, max_len=24)
+    cfg = dict(name="mixture", sampling="round_robin", datasets=dict(
+        labels=dict(name="label_text", source=dict(small, view="image_label")),
+        pairs=dict(name="unique_labels", source=dict(small, view="pairs"))))
+    bundle = build_dataset(cfg, "train")
+    batch = next(train_iterator(bundle, global_batch_size=32, seed=0))
+    assert sorted(batch) == ["image", "label", "text", "text_mask"]
+    tok = bundle.info["tokenizer"]
+    prompts = shapes.class_prompts()
+    raw = shapes.load("train", 64, 16, 2)
+    captions = set(raw["caption"])
+    labelled = batch["label"] >= 0
+    assert labelled.sum() == 16 and (batch["label"][~labelled] == -1).all()  # round robin: half each
+    words = lambda text: " ".join(tok.split(text))  # noqa: E731
+    for ids, label in zip(batch["text"], batch["label"]):
+        text = tok.decode(ids)
+        if label >= 0:  # a prompt of its own class, as the zero-shot evaluator words it
+            assert text in {words(p) for p in prompts[label]}, (text, label)
+        else:
+            assert text in {words(c) for c in captions}, text
+    templates = build_dataset(dict(name="label_text", templates=["{a} {name} at the top"],
+                                   source=dict(small, view="image_label")), "train")
+    example = templates.example()
+    assert tok.decode(example["text"]).endswith(shapes.CLASS_NAMES[example["label"]] + " at the top")
+
+
+def test_momentum_config_errors_name_the_keys():
+    from vlfm.train.momentum import build_momentum
+
+    assert build_momentum(dict(decay=None, queue_size=0, queue_keys=(), tasks=())) is None
+    with pytest.raises(KeyError, match="valid keys: decay, queue_size, queue_keys, tasks"):
+        build_momentum(dict(decay=0.9, queue_len=8))
+    with pytest.raises(ValueError, match="no decay"):
+        build_momentum(dict(queue_size=8, queue_keys=["image_embed"]))
+    with pytest.raises(ValueError, match="needs queue_keys"):
+        build_momentum(dict(decay=0.9, queue_size=8))
+    with pytest.raises(ValueError, match="multiple of task 'main'"):
+        build_momentum(dict(decay=0.9, queue_size=12, queue_keys=["text_embed"])).check_batch_size("main", 8)
