@@ -127,7 +127,7 @@ def _batch(step):
 def test_killed_run_resumes_with_the_same_queue_and_losses(tmp_path):
     """Steps 1-4 uninterrupted against steps 1-2, a checkpoint, a fresh process-like restore (new state
     from the abstract layout, new checkpointer) and steps 3-4: the same queue, momentum parameters and
-    losses, on 8 data shards (the queue is sharded like batch rows)."""
+    losses, on 2 data shards (the queue is sharded like batch rows)."""
     import flax.linen as nn
     import optax
 
@@ -146,10 +146,10 @@ def test_killed_run_resumes_with_the_same_queue_and_losses(tmp_path):
     loss_fn = combined_loss({"unicl": dict(fn="multi_positive_contrastive", label_key="label", queue=True, alpha=0.4)})
     task = Task("main", None, B, loss_fn)
     tx = optax.chain(build_combiner(None, {"main": 1.0}), optax.adam(1e-2))
-    mesh, rules = make_mesh((-1, 1, 1)), rules_from_config()
+    mesh, rules = make_mesh((2, 1, 1), devices=jax.devices()[:2]), rules_from_config()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         example = {k: v[0] for k, v in _batch(0).items()}
-        init = state_initializer(model, tx, tasks=[TaskInit("main", init_batch(example, 8))], momentum=momentum)
+        init = state_initializer(model, tx, tasks=[TaskInit("main", init_batch(example, 2))], momentum=momentum)
         fresh, shardings, abstract = sharded_init(init, jax.random.key(0), mesh, rules)
         assert shardings["momentum"]["queue"]["image_embed"].spec[0] == ("data", "fsdp")
         step = jax.jit(make_train_step(model, [task], tx, optax.constant_schedule(1e-2), seed=0, momentum=momentum),
