@@ -35,11 +35,11 @@ from vlfm.train import aot, distributed
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import SOURCES, init_params_from
-from vlfm.train.momentum import build_momentum
 from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
 from vlfm.train.teachers import build_teachers
+from vlfm.train.momentum import build_momentum
 
 log = logging.getLogger("vlfm")
 
