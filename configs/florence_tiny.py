@@ -7,7 +7,8 @@ both streams are mixed in each batch (``mixture`` of ``label_text`` over the sha
 ``unique_labels`` over its caption pairs, about half each).
 
 The image tower is a ViT (a Swin / CoSwin tower is a later step); the rest is ``configs/clip_tiny.py``'s
-model. ``captions_only`` trains the same model, loss and steps on the caption pairs alone (then the loss is
+model. ``pair_classes`` labels each pair with its main object's class instead of a label of its own.
+``captions_only`` trains the same model, loss and steps on the caption pairs alone (then the loss is
 CLIP's: every label is unique).
 
 Commands:
@@ -47,9 +48,9 @@ SHAPES = dict(name="shapes", num_examples=20_000, image_size=32, max_len=24)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = set(filter(None, (arg or "").split(",")))
-    unknown = options - {"captions_only"}
+    unknown = options - {"captions_only", "pair_classes"}
     if unknown:
-        raise ValueError(f"florence_tiny: unknown options {sorted(unknown)}; valid: captions_only")
+        raise ValueError(f"florence_tiny: unknown options {sorted(unknown)}; valid: captions_only, pair_classes")
     c = base_config()
     c.total_steps = 400
     c.model = ml_collections.ConfigDict(dict(
@@ -62,6 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     c.losses = ml_collections.ConfigDict(dict(multi_positive_contrastive=dict(label_key="label")))
     pairs = dict(name="unique_labels", weight=1.0, source=dict(SHAPES, view="pairs"))
+    if "pair_classes" in options:  # a pair takes its main object's class: its caption names that class
+        pairs["label_key"] = "label"
     labels = dict(name="label_text", weight=1.0, templates="data", source=dict(SHAPES, view="image_label"))
     datasets = dict(pairs=pairs) if "captions_only" in options else dict(pairs=pairs, labels=labels)
     c.data = ml_collections.ConfigDict(dict(name="mixture", sampling="weighted", datasets=datasets, batch_size=64,

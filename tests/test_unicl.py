@@ -217,6 +217,8 @@ def test_label_and_pair_data_mix_in_one_batch_with_one_label_space():
             assert text in {words(p) for p in prompts[label]}, (text, label)
         else:
             assert text in {words(c) for c in captions}, text
+    classed = build_dataset(dict(name="unique_labels", label_key="label", source=dict(small, view="pairs")), "train")
+    assert int(classed.example()["label"]) == int(raw["label"][0])
     templates = build_dataset(dict(name="label_text", templates=["{a} {name} at the top"],
                                    source=dict(small, view="image_label")), "train")
     example = templates.example()

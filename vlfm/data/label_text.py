@@ -96,12 +96,16 @@ def label_text_dataset(split: str, source: Mapping[str, Any], templates: str | S
 
 @DATASETS.register("unique_labels")
 def unique_labels_dataset(split: str, source: Mapping[str, Any],
-                          keep: Sequence[str] = ("image", "text", "text_mask")) -> DatasetBundle:
-    """Image-text pairs as image-text-label examples: ``keep`` keys and ``label = -1`` (a label of its own)."""
+                          keep: Sequence[str] = ("image", "text", "text_mask"),
+                          label_key: str | None = None) -> DatasetBundle:
+    """Image-text pairs as image-text-label examples: ``keep`` keys and ``label = -1`` (a label of its own),
+    or, with ``label_key``, the source's class id under that key (pairs whose caption names a class then
+    share it with that class's prompts)."""
     bundle = build_dataset(source, split)
 
     def label(example: dict, rng: np.random.Generator) -> dict:
         del rng
-        return dict(_kept(example, keep, "unique_labels"), label=np.int32(PAIR_LABEL))
+        value = PAIR_LABEL if label_key is None else int(_kept(example, [label_key], "unique_labels")[label_key])
+        return dict(_kept(example, keep, "unique_labels"), label=np.int32(value))
 
     return _wrap(bundle, label, bundle.info)
