@@ -170,6 +170,8 @@ def data_schema(cfg: Mapping, where: str = "data", default_name: str | None = No
     def children(key: str, value: Any) -> Section | None:
         if key in FIELDS and is_section(value):
             return field_schema(key, f"{where}.{key}")
+        if key == "source" and is_section(value):  # a dataset wrapping another (label_text, unique_labels)
+            return data_schema(value, f"{where}.source")
         if name == "mixture" and key == "datasets":
             return Section(f"{where}.datasets", entries=lambda entry, sub: data_schema(
                 sub, f"{where}.datasets.{entry}", default_name=entry, extra=MIXTURE_ENTRY_KEYS))

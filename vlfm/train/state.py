@@ -14,6 +14,7 @@ import optax
 from flax import traverse_util
 
 from vlfm.train.forward import Forward
+from vlfm.train.momentum import Momentum
 
 from vlfm.core.tree import strip_boxes
 
@@ -35,13 +36,15 @@ class TaskInit:
 
 def state_initializer(model: nn.Module, tx: optax.GradientTransformation,
                       batch: Mapping[str, np.ndarray] | None = None, ema: bool = False, *,
-                      tasks: Sequence[TaskInit] = ()) -> Callable[[jax.Array], dict]:
+                      tasks: Sequence[TaskInit] = (), momentum: Momentum | None = None
+                      ) -> Callable[[jax.Array], dict]:
     """``rng -> state`` with boxed (logically annotated) leaves, for ``eval_shape`` and sharded init.
 
     The parameters are the union of what every task's forward creates in training mode (so train-only
     modules and each task's own branch get parameters), all from one ``params`` key: a parameter two
     tasks share gets the same value from both. Give ``tasks``, or ``batch`` alone for one task with
-    the default forward.
+    the default forward. ``momentum`` adds ``state["momentum"]`` (``vlfm.train.momentum``): momentum
+    parameters and queue, laid out and sharded like the rest of the state.
     """
     if (batch is None) == (not tasks):
         raise ValueError("state_initializer needs exactly one of batch (one task) or tasks")
@@ -54,6 +57,8 @@ def state_initializer(model: nn.Module, tx: optax.GradientTransformation,
         state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
         if ema:
             state["ema_params"] = jax.tree.map(lambda x: x, params)
+        if momentum is not None:
+            state["momentum"] = momentum.init_state(model, params, [(t.name, t.batch, t.forward) for t in tasks])
         return state
 
     return init

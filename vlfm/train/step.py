@@ -41,6 +41,7 @@ import optax
 
 from vlfm.optim import ema_update
 from vlfm.optim.freezing import apply_stateless, freeze
+from vlfm.train.momentum import Momentum
 from vlfm.train.tasks import Task
 from vlfm.train.teachers import Teacher, teacher_outputs
 
@@ -111,11 +112,21 @@ def all_finite(tree: Any) -> jax.Array:
 
 def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientTransformation, schedule: Callable, *,
                     seed: int, accum_steps: int = 1, ema_decay: float | None = None,
-                    teachers: Mapping[str, Teacher] | None = None, prefix_metrics: bool = True) -> Callable:
+                    teachers: Mapping[str, Teacher] | None = None, prefix_metrics: bool = True,
+                    momentum: Momentum | None = None) -> Callable:
     """A step over ``tasks`` (run together). A step whose loss, gradient or updated state (parameters,
-    optimizer state, EMA) is not finite leaves the state unchanged and reports ``finite = False``, so no
-    bad update ever reaches a checkpoint."""
+    optimizer state, EMA, momentum model and queue) is not finite leaves the state unchanged and reports
+    ``finite = False``, so no bad update ever reaches a checkpoint.
+
+    With ``momentum`` (``vlfm.train.momentum``) the momentum parameters are first moved towards the
+    parameters the step starts with; each momentum task's losses then see ``outputs["momentum"]`` and
+    ``outputs["queue"]`` (the queue before this step), and the step's momentum outputs are enqueued after."""
     check_step_tasks(tasks, accum_steps)
+    if momentum is not None and accum_steps > 1:
+        for task in tasks:
+            if momentum.runs_for(task.name) and not getattr(task.loss_fn, "couples_batch", ()):
+                raise ValueError(f"task {task.name!r}: momentum outputs are computed for the whole batch, which only "
+                                 "losses that couple the batch (cached accumulation) read; set grad_accum_steps=1")
     for task in tasks:
         task.forward.check(model)
     teachers = dict(teachers or {})
@@ -129,11 +140,11 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
             return {}
         return teacher_outputs(teachers, task.teachers, teacher_params, batch, task=task.name)
 
-    def task_loss(task: Task, params, batch, rng, teacher_params):
-        outputs = dict(student(task, params, batch, rng), **teacher(task, batch, teacher_params))
+    def task_loss(task: Task, params, batch, rng, teacher_params, extra):
+        outputs = dict(student(task, params, batch, rng), **teacher(task, batch, teacher_params), **extra)
         return task.loss_fn(outputs, batch)
 
-    def cached_grads(task: Task, params, batch, rng, teacher_params):
+    def cached_grads(task: Task, params, batch, rng, teacher_params, extra):
         """Accumulation for losses that couple the batch: open_clip's feature cache (module docstring)."""
         micro = _micro_batches(batch, accum_steps)
         steps = jnp.arange(accum_steps)
@@ -149,7 +160,7 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
 
         def loss(p, index, mb):
             live = student(task, p, mb, jax.random.fold_in(rng, index))
-            outputs = dict(_splice(cached, live, index, accum_steps, micro_size), **teacher_out)
+            outputs = dict(_splice(cached, live, index, accum_steps, micro_size), **teacher_out, **extra)
             return task.loss_fn(outputs, batch)
 
         grad_fn = jax.value_and_grad(loss, has_aux=True)
@@ -157,12 +168,12 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
         # Each pass takes the whole batch's loss (the same value): their gradients add up, the values average.
         return grads, *jax.tree.map(lambda x: x / accum_steps, (loss_sum, metrics))
 
-    def task_grads(task: Task, params, batch, rng, teacher_params):
-        grad_fn = jax.value_and_grad(lambda p, b, r: task_loss(task, p, b, r, teacher_params), has_aux=True)
+    def task_grads(task: Task, params, batch, rng, teacher_params, extra):
+        grad_fn = jax.value_and_grad(lambda p, b, r: task_loss(task, p, b, r, teacher_params, extra), has_aux=True)
         if accum_steps == 1:
             (loss, metrics), grads = grad_fn(params, batch, rng)
         elif getattr(task.loss_fn, "couples_batch", ()):
-            grads, loss, metrics = cached_grads(task, params, batch, rng, teacher_params)
+            grads, loss, metrics = cached_grads(task, params, batch, rng, teacher_params, extra)
         else:
             micro = _micro_batches(batch, accum_steps)
             summed = _sum_over(lambda x: grad_fn(params, x[1], jax.random.fold_in(rng, x[0])),
@@ -178,9 +189,18 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
     def step_fn(state: dict, batches: Mapping[str, dict], teacher_params: Mapping[str, Any]) -> tuple[dict, dict]:
         rng = jax.random.fold_in(base_key, state["step"])
         grads, metrics, total = {}, {}, 0.0
+        momentum_state = state.get("momentum")
+        if momentum is not None:  # MoCo / ALBEF: move the momentum model first, then run it for this step
+            momentum_state = dict(momentum_state, params=momentum.updated_params(momentum_state, state["params"]))
+        enqueued = momentum_state
         for index, task in enumerate(tasks):
+            extra = {}
+            if momentum is not None and momentum.runs_for(task.name):
+                extra = momentum.outputs(model, task.forward, task.name, momentum_state["params"], momentum_state,
+                                         batches[task.name])
+                enqueued = momentum.enqueue(enqueued, task.name, extra["momentum"], batches[task.name])
             loss, task_metrics, grads[task.name] = task_grads(task, state["params"], batches[task.name],
-                                                              jax.random.fold_in(rng, index), teacher_params)
+                                                              jax.random.fold_in(rng, index), teacher_params, extra)
             prefix = f"{task.name}/" if prefix_metrics else ""
             metrics.update({f"{prefix}{k}": v for k, v in task_metrics.items()})
             metrics[f"{prefix}task_loss"] = loss
@@ -195,6 +215,8 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
         if ema_decay is not None:
             new_state["ema_params"] = ema_update(state["ema_params"], params, ema_decay)
+        if momentum is not None:
+            new_state["momentum"] = enqueued
         grad_norm = optax.tree.norm(grads)
         # The updated state too: an update can overflow (SGD, no clipping, a huge learning rate) while the loss
         # and gradient it came from are finite, and a checkpoint must never hold Inf/NaN.

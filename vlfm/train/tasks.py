@@ -35,6 +35,7 @@ from vlfm.data.pipeline import DatasetBundle, build_dataset, train_iterator
 from vlfm.losses import combined_loss
 from vlfm.models.flops import flops_per_example as analytic_flops_per_example
 from vlfm.train.forward import Forward, parse_forward
+from vlfm.train.momentum import Momentum
 from vlfm.train.schema import TASK_KEYS
 from vlfm.train.teachers import Teacher, teacher_outputs
 
@@ -66,12 +67,13 @@ class Task:
                 if isinstance(v, (np.ndarray, np.generic)) and np.asarray(v).dtype.kind in "biuf"}
 
     def step_flops(self, model: nn.Module, model_cfg: Mapping[str, Any], params: Any, method: str = "traced",
-                   teachers: Mapping[str, Teacher] | None = None, teacher_params: Mapping[str, Any] | None = None
-                   ) -> float:
+                   teachers: Mapping[str, Teacher] | None = None, teacher_params: Mapping[str, Any] | None = None,
+                   momentum: Momentum | None = None, momentum_state: Any = None) -> float:
         """Model FLOPs of one training step of this task (its batch, its inputs): what the log, the dry
         run and the benchmark report. ``method`` (``config.flops``): ``traced`` counts the matmuls of
         the traced forward pass and loss, x3 for training, plus its teachers' forward passes (x1);
-        ``analytic`` uses the model family's formula (``vlfm.models.flops``). See ``vlfm.core.flops``."""
+        ``analytic`` uses the model family's formula (``vlfm.models.flops``). See ``vlfm.core.flops``. The
+        momentum model's forward pass (``momentum``, ``vlfm.train.momentum``) counts like a teacher's."""
         example = self.example()
         if method == "analytic":
             per_example = analytic_flops_per_example(model_cfg, text_len=self.bundle.info.get("max_len"),
@@ -80,21 +82,26 @@ class Task:
         if method != "traced":
             raise KeyError(f"unknown config.flops {method!r}; valid: {', '.join(FLOP_METHODS)}")
         batch = {k: jax.ShapeDtypeStruct((self.batch_size, *v.shape), v.dtype) for k, v in example.items()}
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (params, teacher_params or {}))
+        use_momentum = momentum is not None and momentum.runs_for(self.name)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                (params, teacher_params or {}, momentum_state if use_momentum else {}))
         rng = jax.random.key(0)
 
-        def loss(p, tp, b):
-            outputs = self.forward.apply(model, p, b, task=self.name, train=True, rng=rng)
-            if self.teachers:
-                outputs = dict(outputs, **teacher_outputs(teachers, self.teachers, tp, b, task=self.name))
+        def frozen(tp, ms, b):
+            outputs = teacher_outputs(teachers, self.teachers, tp, b, task=self.name) if self.teachers else {}
+            if use_momentum:
+                outputs.update(momentum.outputs(model, self.forward, self.name, ms["params"], ms, b))
+            return outputs
+
+        def loss(p, tp, ms, b):
+            outputs = dict(self.forward.apply(model, p, b, task=self.name, train=True, rng=rng), **frozen(tp, ms, b))
             return self.loss_fn(outputs, b)[0]
 
         total = traced_flops(loss, *abstract, batch)
-        if not self.teachers:
+        if not self.teachers and not use_momentum:
             return TRAIN_FACTOR * total
-        teacher = traced_flops(lambda tp, b: teacher_outputs(teachers, self.teachers, tp, b, task=self.name),
-                               abstract[1], batch)
-        return TRAIN_FACTOR * (total - teacher) + teacher
+        forward_only = traced_flops(frozen, *abstract[1:], batch)
+        return TRAIN_FACTOR * (total - forward_only) + forward_only
 
 
 def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:

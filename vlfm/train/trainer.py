@@ -39,6 +39,7 @@ from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializ
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
 from vlfm.train.teachers import build_teachers
+from vlfm.train.momentum import build_momentum
 
 log = logging.getLogger("vlfm")
 
@@ -92,6 +93,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
         if task.batch_size % (dp * accum):
             raise ValueError(f"task {task.name}: batch size {task.batch_size} must be divisible by data-parallel "
                              f"size {dp} x accumulation steps {accum}")
+    momentum = build_momentum(config.get("momentum"))
+    if momentum is not None:
+        momentum.check_tasks([t.name for t in tasks])
+        for task in tasks:
+            if momentum.runs_for(task.name):
+                momentum.check_batch_size(task.name, task.batch_size)
     data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0))
     examples = {t.name: t.example() for t in tasks}
     teacher_example = {}  # teachers are built from one example holding every task's keys
@@ -102,7 +109,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         # Every task initialises the parameters its own forward uses, each with its own example shapes.
         init = state_initializer(model, tx, ema=config.ema_decay is not None,
-                                 tasks=[TaskInit(t.name, init_batch(examples[t.name], dp), t.forward) for t in tasks])
+                                 tasks=[TaskInit(t.name, init_batch(examples[t.name], dp), t.forward) for t in tasks],
+                                 momentum=momentum)
         state, shardings, abstract = sharded_init(init, jax.random.key(config.seed), mesh, rules)
         n_params = count_params(state["params"])
         teachers = build_teachers(config.get("teachers", {}), init_batch(teacher_example, dp), mesh, rules)
@@ -112,12 +120,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
         for kind in schedule.step_kinds():
             fn = make_train_step(model, [by_name[n] for n in kind], tx, lr_schedule, seed=config.seed,
                                  accum_steps=accum, ema_decay=config.ema_decay, teachers=teachers,
-                                 prefix_metrics=len(tasks) > 1)
+                                 prefix_metrics=len(tasks) > 1, momentum=momentum)
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             step_fns[kind] = jax.jit(fn, in_shardings=(shardings, None, None), out_shardings=(shardings, replicated),
                                      donate_argnums=0)
         task_flops = {t.name: t.step_flops(model, config.model, abstract["params"], config.flops, teachers,
-                                           teacher_params) for t in tasks}
+                                           teacher_params, momentum, abstract.get("momentum")) for t in tasks}
         if dry_run:
             log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
             report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh)
@@ -167,6 +175,13 @@ def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTran
             return jax.tree.map(lambda p, e: jnp.array(p, e.dtype, copy=True), params, ema)
 
         state["ema_params"] = jax.jit(copy, out_shardings=shardings["ema_params"])(state["params"], state["ema_params"])
+    if "momentum" in state:  # so does the momentum model (vlfm.train.momentum)
+        def copy_momentum(params, momentum):
+            return dict(momentum, params=jax.tree.map(lambda p, e: jnp.array(p, e.dtype, copy=True), params,
+                                                      momentum["params"]))
+
+        state["momentum"] = jax.jit(copy_momentum, out_shardings=shardings["momentum"])(state["params"],
+                                                                                        state["momentum"])
     return state
 
 
