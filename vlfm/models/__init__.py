@@ -5,6 +5,7 @@ from vlfm.models import davinci, dual_encoder, ufo, unimodal  # noqa: F401  (reg
 from vlfm.models import meter, vilt  # noqa: F401  (registers the fusion models)
 from vlfm.models import coca  # noqa: F401  (registers the generative models)
 from vlfm.models import vlmo  # noqa: F401  (registers VLMo)
+from vlfm.models import dide  # noqa: F401  (registers the distilled dual encoder)
 from vlfm.models.registry import MODELS, build_model
 from vlfm.models.towers import TOWERS, build_tower
 
