@@ -79,9 +79,10 @@ class DiDE(nn.Module):
             self.text_tower = build_tower(text)
         common = dict(init_std=self.init_std, dtype=dtype, param_dtype=pdtype)
         if self.embed_dim:
-            proj = lambda name: layers.Proj((self.embed_dim,), ("embed", "proj"), use_bias=False, name=name,  # noqa: E731
-                                            **common)
-            self.image_proj, self.text_proj = proj("image_proj"), proj("text_proj")
+            self.image_proj = layers.Proj((self.embed_dim,), ("embed", "proj"), use_bias=False, name="image_proj",
+                                          **common)
+            self.text_proj = layers.Proj((self.embed_dim,), ("embed", "proj"), use_bias=False, name="text_proj",
+                                         **common)
             self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (),
                                           jnp.float32)
         width = self.image_tower.width

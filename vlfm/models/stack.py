@@ -270,7 +270,8 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
 def _extras_shapes(layer_cls: type, fields: dict, carry: Any, xs: Any, broadcast: Any) -> Any:
     """Shapes and dtypes of the extras one layer returns (traced abstractly, nothing is computed), so
     that a scan can carry a buffer for them."""
-    spec = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)  # noqa: E731
+    def spec(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
     def run(c, x, b):
         key = jax.random.key(0)
@@ -302,7 +303,10 @@ def _scanned(cls: type) -> type:
             carry, extras = super().__call__(carry, rate, xs, broadcast)
             if self.select:
                 hit = jnp.asarray(self.select, jnp.int32) == index
-                keep = lambda b, e: jnp.where(hit.reshape((-1,) + (1,) * e.ndim), e[None].astype(b.dtype), b)  # noqa: E731
+
+                def keep(b, e):
+                    return jnp.where(hit.reshape((-1,) + (1,) * e.ndim), e[None].astype(b.dtype), b)
+
                 buffers = jax.tree.map(keep, buffers, extras)
             hidden = carry if self.collect_hidden else None
             return ((carry, buffers) if self.select else carry), hidden
