@@ -11,6 +11,11 @@ student encodes each image and text once and scores all pairs either by the dot 
 contrastive embeddings (``student_dot_s``) or through its interaction head on the cached pooled vectors
 (``student_interaction_s``). Each variant is compiled and run once before timing, then the median of
 ``--repeats`` runs is reported.
+
+Measured 2026-12-06 on a 2-core CPU shared with other jobs (load about 14), ``python
+benchmarks/dide_retrieval_time.py --num_examples 500 --teacher_texts 10 --repeats 3``: teacher 22.3 s
+for 500 x 10 pairs, so about 1,116 s for all 500 x 500; student 1.85 s with embedding dot products
+(604x faster), 4.40 s through the interaction head on every pair (253x faster).
 """
 
 from __future__ import annotations
