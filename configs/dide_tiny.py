@@ -16,6 +16,16 @@ Ablation, the same student and steps without the teacher (cross-entropy only):
     python -m vlfm.train --config configs/dide_tiny.py:no_kd --workdir workdirs/dide_tiny_no_kd
 Options (comma-separated): ``no_kd``, ``no_attention`` (soft labels only), ``no_labels`` (attention only).
 Another teacher run: ``--config.teachers.vilt.params=DIR/params``.
+
+Measured (2026-12-06, 2 CPU cores shared with other jobs; 462,532 parameters, 1,000 steps at batch 64,
+500 held-out examples, chance 1/3): with the teacher trained from scratch by the command above
+(accuracy 0.674), the distilled student reaches 0.674 and the same student without the teacher 0.674.
+All three sit at the same plateau, which a from-scratch ViLT also reaches (``vilt_tiny_snli_ve``'s
+docstring): that teacher has nothing beyond it to pass on, so this comparison does not separate the
+two. The attention distillation itself is learnt: KL(teacher || student) falls from 0.093 (image to
+text) and 0.122 (text to image) at step 4 to 0.008 and 0.029 at step 300. Retrieval over the 500
+held-out examples: see ``benchmarks/dide_retrieval_time.py`` (student 250-600x faster than the
+teacher's one fused pass per pair).
 """
 
 import os
