@@ -104,6 +104,23 @@ def test_vilt_model_parity(inputs, tmp_path, scan):
     np.testing.assert_allclose(run(cfg, params, vilt_batch(inputs))["pooled"], out["pooled"], rtol=1e-6, atol=1e-7)
 
 
+def test_vilt_attention_parity(inputs, tmp_path):
+    """The sown attention of chosen layers (scanned stack) against HF ``output_attentions=True``: the
+    teacher side of DiDE's attention distillation. ``logits`` are the masked scores those come from."""
+    torch.manual_seed(0)
+    hf = transformers.ViltModel(transformers.ViltConfig(**VILT, **EAGER)).eval()
+    cfg, params = load_hf(save(hf, tmp_path), scan=True)
+    ref = hf_vilt(hf, inputs, output_attentions=True).attentions
+    cfg = dict(cfg, attention_layers=(0, 1), attention_outputs=("probs", "logits"))
+    batch = {k: jnp.asarray(v) for k, v in vilt_batch(inputs).items()}
+    _, state = build_model(cfg).apply({"params": params}, batch, mutable=["attention"])
+    (probs,), (logits,) = state["attention"]["encoder"]["probs"], state["attention"]["encoder"]["logits"]
+    assert probs.shape == (2, 2, 4, 7 + 17, 7 + 17)
+    for i in range(2):
+        check(f"vilt attention layer {i}", probs[i], ref[i])
+    np.testing.assert_allclose(jax.nn.softmax(logits, axis=-1), probs, rtol=1e-6, atol=1e-7)
+
+
 def test_vilt_shuffles_patches_without_the_patch(inputs, tmp_path):
     """Why the reference is patched: unpatched HF ViLT permutes the image tokens on every call."""
     torch.manual_seed(0)

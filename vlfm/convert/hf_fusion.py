@@ -365,7 +365,7 @@ def save_hf_vilt(model_config: Mapping[str, Any], params: Any, path: str | os.Pa
 # Fields that change neither the function a model computes nor its parameters: ignored when an export
 # checks that HF's config expresses the model.
 _LAYOUT_FIELDS = ("scan", "remat", "attention", "dtype", "param_dtype", "collect_hidden", "attention_layers",
-                  "drop_path_rate", "init_std", "max_logit_scale")
+                  "attention_outputs", "drop_path_rate", "init_std", "max_logit_scale")
 
 
 def _differences(want: Mapping[str, Any], got: Mapping[str, Any], where: str = "") -> dict:

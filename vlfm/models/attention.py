@@ -4,6 +4,11 @@ with an optional KV cache for decoding, and attention pooling (``MapHead``).
 Masks are ``vlfm.models.masks.AttentionMask`` objects (or the older forms: key lengths, a boolean
 ``[B, 1|H, T, S]`` array, ``causal``). The einsum path runs when attention-probability dropout is on
 or the probabilities are asked for (attention distillation); it returns them in float32.
+
+What ``Attention`` can hand back besides its output (``return_parts``, for attention distillation):
+``ATTENTION_PARTS`` = ``probs`` (``[B, H, T, S]`` float32), ``logits`` (the scaled scores after the
+mask, masked entries at the float32 minimum, ``[B, H, T, S]`` float32), ``queries`` and ``keys``
+(the projected ``[B, T|S, H, head_dim]`` vectors the scores are made of).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,6 +28,7 @@ from vlfm.models.masks import AttentionMask, as_mask
 from vlfm.models.primitives import Array, Dtype, Proj, layer_norm, logical
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+ATTENTION_PARTS = ("probs", "logits", "queries", "keys")
 QKV_AXES = ("activation_batch", "activation_seq", "activation_heads", "activation_kv")
 CACHE_AXES = ("cache_batch", "cache_seq", "cache_heads", "cache_kv")
 
@@ -76,8 +83,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
 
 
 def _einsum_attention(q: Array, k: Array, v: Array, mask: AttentionMask, *, dropout_rate: float = 0.0,
-                      dropout_rng: Array | None = None, bias: Array | None = None) -> tuple[Array, Array]:
-    """Explicit softmax attention; returns the output and the (pre-dropout) probabilities."""
+                      dropout_rng: Array | None = None, bias: Array | None = None,
+                      with_logits: bool = False) -> tuple[Array, ...]:
+    """Explicit softmax attention; returns the output and the (pre-dropout) probabilities, and with
+    ``with_logits`` the masked float32 scores too."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * scale
     if bias is not None:
@@ -90,7 +99,8 @@ def _einsum_attention(q: Array, k: Array, v: Array, mask: AttentionMask, *, drop
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         weights = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v), probs
+    out = jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
+    return (out, probs, logits) if with_logits else (out, probs)
 
 
 class Attention(nn.Module):
@@ -120,7 +130,14 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, kv: Array | None = None, *, kv_lengths: Array | None = None,
                  mask: AttentionMask | Array | None = None, causal: bool = False, deterministic: bool = True,
-                 return_probs: bool = False) -> Array | tuple[Array, Array]:
+                 return_probs: bool = False, return_parts: tuple[str, ...] = ()) -> Array | tuple[Array, Any]:
+        """``return_probs``: ``(y, probs)``. ``return_parts`` (names from ``ATTENTION_PARTS``):
+        ``(y, {name: array})``, computed on the einsum path."""
+        unknown = sorted(set(return_parts) - set(ATTENTION_PARTS))
+        if unknown:
+            raise ValueError(f"unknown attention parts {unknown}; valid: {', '.join(ATTENTION_PARTS)}")
+        if return_probs and return_parts:
+            raise ValueError("ask for return_probs or return_parts, not both")
         width = x.shape[-1]
         head_dim = self.head_dim or width // self.num_heads
         is_self = kv is None
@@ -141,12 +158,21 @@ class Attention(nn.Module):
         rng = None
         if self.dropout_rate > 0.0 and not deterministic:
             rng = self.make_rng("dropout")
-        out = dot_product_attention(q, k, v, mask=m, implementation=self.implementation,
-                                    dropout_rate=self.dropout_rate, dropout_rng=rng, return_probs=return_probs)
-        out, probs = out if return_probs else (out, None)
+        parts = None
+        if return_parts:
+            out, probs, logits = _einsum_attention(q, k, v, m, dropout_rate=self.dropout_rate, dropout_rng=rng,
+                                                   with_logits=True)
+            known = {"probs": probs, "logits": logits, "queries": q, "keys": k}
+            parts = {name: known[name] for name in return_parts}
+        else:
+            out = dot_product_attention(q, k, v, mask=m, implementation=self.implementation,
+                                        dropout_rate=self.dropout_rate, dropout_rng=rng, return_probs=return_probs)
+            out, probs = out if return_probs else (out, None)
         out = nn.with_logical_constraint(out, QKV_AXES)
         y = Proj((width,), ("heads", "kv", "embed"), in_dims=2, use_bias=self.out_bias, init_std=self.init_std,
                  dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        if return_parts:
+            return y, parts
         return (y, probs) if return_probs else y
 
     def _cached_context(self, key: Callable[[], Array], value: Callable[[], Array]) -> tuple[Array, Array]:

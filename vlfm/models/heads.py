@@ -84,3 +84,32 @@ class MlmHead(nn.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         return mlm_logits(self, h, vocab_size=self.vocab_size, act=self.act, ln_eps=self.ln_eps,
                           init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+class InteractionHead(nn.Module):
+    """A shallow interaction of two pooled vectors: ``[u; v; |u - v|; u * v]`` -> ``ClassifierHead``.
+
+    The dual-encoder answer to a fusion model's classifier (DiDE, InferSent-style matching): the
+    modalities are encoded apart and meet only here, so VQA / NLVR2 / visual entailment heads run on
+    cached embeddings. ``pairs`` > 1 concatenates the features of several (u, v) pairs (NLVR2: each
+    image with the sentence) before the classifier.
+    """
+
+    hidden_dim: int
+    num_classes: int
+    ln_eps: float = 1e-5
+    act: str = "gelu"
+    init_std: float | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pairs: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+        feats = []
+        for u, v in pairs:
+            if u.shape != v.shape:
+                raise ValueError(f"interaction needs vectors of one width, got {u.shape} and {v.shape}")
+            feats += [u, v, jnp.abs(u - v), u * v]
+        x = jnp.concatenate([f.astype(self.dtype) for f in feats], axis=-1)
+        return ClassifierHead(self.hidden_dim, self.num_classes, self.ln_eps, self.act, self.init_std, self.dtype,
+                              self.param_dtype, name="classifier")(x)

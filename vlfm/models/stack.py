@@ -49,7 +49,9 @@ class TransformerBlock(nn.Module):
     ``experts`` replaces the MLP by ``ModalityExperts`` (parameters ``experts/{name}``) routed by
     ``modality_ids``. ``decode`` gives the self-attention a KV cache and makes the cross-attention project
 ``context`` once, at the call that initialises the cache (``Attention``).
-    ``return_attention`` also returns the self-attention probabilities ``[B, H, T, T]``.
+    ``return_attention`` also returns the self-attention probabilities ``[B, H, T, T]`` or, when
+    ``attention_outputs`` asks for more than ``("probs",)``, a dict of those parts of the
+    self-attention (``vlfm.models.attention.ATTENTION_PARTS``: probs, logits, queries, keys).
     """
 
     num_heads: int
@@ -68,6 +70,7 @@ class TransformerBlock(nn.Module):
     expert_of: tuple[int, ...] | None = None
     decode: bool = False
     return_attention: bool = False
+    attention_outputs: tuple[str, ...] = ("probs",)
     implementation: str = "xla"
     init_std: float | None = None
     deterministic: bool = True
@@ -105,13 +108,13 @@ class TransformerBlock(nn.Module):
                         name="mlp")
             mlp = lambda h: dense(h, deterministic=det)  # noqa: E731
         dropout = nn.Dropout(self.dropout_rate)
-        probs = None
+        parts = None
 
         def self_attn(h):
-            nonlocal probs
-            out = attn(h, mask=self_mask, deterministic=det, return_probs=self.return_attention)
-            if self.return_attention:
-                out, probs = out
+            nonlocal parts
+            if not self.return_attention:
+                return attn(h, mask=self_mask, deterministic=det)
+            out, parts = attn(h, mask=self_mask, deterministic=det, return_parts=tuple(self.attention_outputs))
             return out
 
         def scaled(h, name):
@@ -139,7 +142,9 @@ class TransformerBlock(nn.Module):
                 x = ln(name="ln_cross")(x + dropout(cross(x), deterministic=det))
             x = ln(name="ln2")(x + branch(mlp(x)))
         x = nn.with_logical_constraint(x.astype(self.dtype), EMBED_AXES)
-        return (x, probs) if self.return_attention else x
+        if not self.return_attention:
+            return x
+        return (x, parts["probs"]) if tuple(self.attention_outputs) == ("probs",) else (x, parts)
 
 
 BROADCAST_KEYS = ("kv_lengths", "key_mask", "mask", "context", "context_mask", "modality_ids")
@@ -158,7 +163,7 @@ class EncoderLayer(TransformerBlock):
         mask, modality_ids = broadcast.pop("mask", None), broadcast.pop("modality_ids", None)
         out = super().__call__(x, drop_path_rate, mask=mask, modality_ids=modality_ids, **broadcast)
         if self.return_attention:
-            return out[0], {"probs": out[1]}
+            return out[0], (out[1] if isinstance(out[1], dict) else {"probs": out[1]})
         return out, {}
 
 
@@ -219,21 +224,28 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
         row = start - first_layer
         seg_xs = None if xs is None else jax.tree.map(lambda a: a[row:row + seg.depth], xs)
         if scan:
-            cls = _collecting(seg.layer)
+            cls = _scanned(seg.layer)
             if remat != "none":
                 cls = nn.remat(cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
             stack = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(0, 0, nn.broadcast),
                             length=seg.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-            if local:
+            per_layer = (jnp.asarray(rates[start:start + seg.depth]), jnp.arange(seg.depth, dtype=jnp.int32))
+            scan_carry = carry
+            if local:  # the chosen layers' extras ride in the carry: one buffer row per chosen layer, no more
                 fields["return_attention"] = True
-            layer = stack(name=f"{seg.name}s", collect_hidden=collect_hidden, **fields)
-            carry, (seg_hidden, seg_extras) = layer(carry, jnp.asarray(rates[start:start + seg.depth]), seg_xs,
-                                                    broadcast)
+                first_xs = None if seg_xs is None else jax.tree.map(lambda a: a[0], seg_xs)
+                shapes = _extras_shapes(seg.layer, fields, carry, first_xs, broadcast)
+                scan_carry = (carry, jax.tree.map(lambda a: jnp.zeros((len(local),) + a.shape, a.dtype), shapes))
+            layer = stack(name=f"{seg.name}s", collect_hidden=collect_hidden, select=tuple(local), **fields)
+            scan_carry, seg_hidden = layer(scan_carry, per_layer, seg_xs, broadcast)
+            if local:
+                carry, chosen_extras = scan_carry
+                extras.append(chosen_extras)
+            else:
+                carry = scan_carry
             if collect_hidden:
                 hidden.append(seg_hidden)
-            if local:
-                extras.append(jax.tree.map(lambda a: a[np.asarray(local)], seg_extras))
         else:
             cls = seg.layer
             if remat != "none":
@@ -255,19 +267,52 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
     return carry, stacked
 
 
+def _extras_shapes(layer_cls: type, fields: dict, carry: Any, xs: Any, broadcast: Any) -> Any:
+    """Shapes and dtypes of the extras one layer returns (traced abstractly, nothing is computed), so
+    that a scan can carry a buffer for them."""
+    def spec(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+
+    def run(c, x, b):
+        key = jax.random.key(0)
+        probe = layer_cls(parent=None, **fields)
+        (_, out), _ = probe.init_with_output({"params": key, "dropout": key}, c, 0.0, x, b)
+        return out
+
+    return jax.eval_shape(run, spec(carry), spec(xs), spec(broadcast))
+
+
 @functools.cache
-def _collecting(cls: type) -> type:
-    """``cls`` whose scan output is ``(carry or None, extras)``, so hidden states come out of the scan."""
+def _scanned(cls: type) -> type:
+    """``cls`` as the body of a scanned segment. Per-layer inputs are ``(drop_path_rate, layer index)``;
+    the scan output is the layer's carry when ``collect_hidden`` (hidden states), else None. With
+    ``select`` (indices within the segment), the carry is ``(carry, buffers)`` and each selected layer
+    writes its extras into its row of the buffers, so the chosen layers' attention maps come out of
+    the scan without a copy for every layer. (Every layer of such a segment computes its extras, as
+    they are one compiled body; only the selected ones are kept.)"""
 
-    class Collecting(cls):
+    class Scanned(cls):
         collect_hidden: bool = False
+        select: tuple[int, ...] = ()
 
-        def __call__(self, carry, drop_path_rate, xs, broadcast):  # type: ignore[override]
-            carry, extras = super().__call__(carry, drop_path_rate, xs, broadcast)
-            return carry, (carry if self.collect_hidden else None, extras)
+        def __call__(self, carry, per_layer, xs, broadcast):  # type: ignore[override]
+            rate, index = per_layer
+            buffers = None
+            if self.select:
+                carry, buffers = carry
+            carry, extras = super().__call__(carry, rate, xs, broadcast)
+            if self.select:
+                hit = jnp.asarray(self.select, jnp.int32) == index
 
-    Collecting.__name__ = Collecting.__qualname__ = f"Scanned{cls.__name__}"
-    return Collecting
+                def keep(b, e):
+                    return jnp.where(hit.reshape((-1,) + (1,) * e.ndim), e[None].astype(b.dtype), b)
+
+                buffers = jax.tree.map(keep, buffers, extras)
+            hidden = carry if self.collect_hidden else None
+            return ((carry, buffers) if self.select else carry), hidden
+
+    Scanned.__name__ = Scanned.__qualname__ = f"Scanned{cls.__name__}"
+    return Scanned
 
 
 class Stack(nn.Module):

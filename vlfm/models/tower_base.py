@@ -29,6 +29,7 @@ class TransformerTower(nn.Module):
     attention: str = "xla"
     collect_hidden: bool = False
     attention_layers: tuple[int, ...] = ()  # layers whose attention probabilities are sown (distillation)
+    attention_outputs: tuple[str, ...] = ("probs",)  # what those layers sow: probs, logits, queries, keys
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -45,7 +46,8 @@ def run_encoder(tower: TransformerTower, x: jax.Array, *, norm: str, causal: boo
 
     Padding is ``kv_lengths`` (right padding) or a boolean ``key_mask [B, T]``. Returns the last
     layer's output and ``{"hidden": [depth, B, T, D]}`` when ``collect_hidden``. The self-attention
-    probabilities of ``attention_layers`` go to the ``attention`` collection (``encoder/probs``).
+    probabilities of ``attention_layers`` go to the ``attention`` collection (``encoder/probs``), or
+    the parts ``attention_outputs`` names (``encoder/{probs,logits,queries,keys}``).
     """
     out = encoder_module(tower, norm=norm, causal=causal)(x, kv_lengths=kv_lengths, key_mask=key_mask, train=train)
     if tower.collect_hidden:
@@ -62,6 +64,7 @@ def encoder_module(tower: TransformerTower, *, norm: str, causal: bool = False, 
     block = dict(num_heads=tower.num_heads, mlp_dim=tower.mlp_dim, norm=norm, ln_eps=tower.ln_eps, act=tower.act,
                  qkv_bias=tower.qkv_bias, layer_scale=tower.layer_scale, dropout_rate=tower.dropout_rate,
                  attn_dropout_rate=tower.attn_dropout_rate, causal=causal, decode=decode, implementation=tower.attention,
+                 attention_outputs=tuple(tower.attention_outputs),
                  init_std=tower.init_std, dtype=dtype, param_dtype=pdtype)
     return layers.Encoder(tower.depth, block, tower.drop_path_rate, tower.scan, tower.remat, tower.collect_hidden,
                           tuple(tower.attention_layers), name=name)
