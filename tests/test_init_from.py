@@ -47,9 +47,9 @@ def test_rename_maps_source_paths_and_no_match_is_an_error():
 
 
 def test_config_errors_are_named(tmp_path):
-    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf, skip, rename, grow_rows, resample, inflate, sources"):
+    with pytest.raises(KeyError, match="valid keys: params, checkpoint, hf, open_clip, skip, rename, grow_rows, resample, inflate, sources"):
         init_params_from({"parms": "x"}, _target())
-    with pytest.raises(KeyError, match="exactly one of params, checkpoint, hf"):
+    with pytest.raises(KeyError, match="exactly one of params, checkpoint, hf, open_clip"):
         init_params_from({"params": None, "skip": ()}, _target())
     with pytest.raises(FileNotFoundError, match="no directory"):
         init_params_from({"params": str(tmp_path / "missing")}, _target())

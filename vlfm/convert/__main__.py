@@ -2,14 +2,14 @@
 
     python -m vlfm.convert import HF_DIR OUT_DIR [--no-scan]
         -> OUT_DIR/params (vlfm params export) and OUT_DIR/model_config.json; a directory with
-           open_clip_config.json + open_clip_model.safetensors (open_clip's layout) imports as CoCa
+           open_clip_config.json + open_clip_model.safetensors (open_clip's layout) imports as CLIP or CoCa
     python -m vlfm.convert export PARAMS_DIR MODEL_CONFIG_JSON HF_DIR [--open-clip]
     python -m vlfm.convert export WORKDIR HF_DIR [--open-clip]
         -> HF_DIR/config.json and HF_DIR/model.safetensors; a training WORKDIR gives its params export
            (WORKDIR/params) and the model of its resolved config (WORKDIR/config.json, overrides included).
            HF_DIR/vlfm_export.json records the model config, the code's commit and version, and for a
            WORKDIR the run's own record (its full config and the commit it trained with).
-           With --open-clip (CoCa): open_clip_config.json and open_clip_model.safetensors, which
+           With --open-clip (CLIP or CoCa): open_clip_config.json and open_clip_model.safetensors, which
            open_clip.create_model_and_transforms("local-dir:HF_DIR") loads (with the same vlfm_export.json)
 """
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "directory", usage="%(prog)s (PARAMS_DIR MODEL_CONFIG_JSON | WORKDIR) HF_DIR")
     exp.add_argument("paths", nargs="+", metavar="PATH",
                      help="PARAMS_DIR MODEL_CONFIG_JSON HF_DIR, or WORKDIR HF_DIR")
-    exp.add_argument("--open-clip", action="store_true", help="write an open_clip CoCa directory instead")
+    exp.add_argument("--open-clip", action="store_true", help="write an open_clip CLIP or CoCa directory instead")
     args = parser.parse_args(argv)
     if args.command == "export" and len(args.paths) not in (2, 3):
         exp.error(f"expected PARAMS_DIR MODEL_CONFIG_JSON HF_DIR or WORKDIR HF_DIR, got {len(args.paths)} paths")

@@ -1,4 +1,9 @@
-"""Import and export of open_clip CoCa weights (open-clip-torch 3.x ``CoCa`` state dicts).
+"""Import and export of open_clip CLIP and CoCa weights (open-clip-torch 3.x ``CLIP`` / ``CoCa`` state dicts).
+
+CLIP: ``clip_from_open_clip`` / ``clip_to_open_clip`` and ``clip_config_from_open_clip`` /
+``clip_config_to_open_clip`` do for a vlfm ``dual_encoder`` (CLIP-style ViT and causal text transformer
+with argmax pooling) what the ``coca_*`` functions below do for CoCa; ``load_open_clip`` /
+``save_open_clip`` pick the family from the config.
 
 ``coca_from_open_clip`` turns a CoCa state dict (tensors as numpy arrays or anything ``np.asarray``
 takes) into vlfm ``coca`` params; ``coca_to_open_clip`` writes vlfm params back as a state dict that
@@ -38,7 +43,8 @@ from vlfm.convert.hf import _abstract_params, _expand, _list, _plain, _to_hf, _t
 from vlfm.core.provenance import write_export_record
 from vlfm.core.tree import strip_boxes
 
-__all__ = ["coca_config_from_open_clip", "coca_config_to_open_clip", "coca_from_open_clip", "coca_to_open_clip",
+__all__ = ["clip_config_from_open_clip", "clip_config_to_open_clip", "clip_from_open_clip", "clip_to_open_clip",
+           "coca_config_from_open_clip", "coca_config_to_open_clip", "coca_from_open_clip", "coca_to_open_clip",
            "load_open_clip", "save_open_clip"]
 
 CONFIG_NAME = "open_clip_config.json"
@@ -107,6 +113,25 @@ def _rows(model_config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _clip_rows(model_config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """open_clip ``CLIP`` (text tower at the top level) <-> vlfm ``dual_encoder``."""
+    rows = [("logit_scale", "logit_scale", "copy"),
+            ("positional_embedding", "text_tower/pos_embed/embedding", "copy"),
+            ("token_embedding.weight", "text_tower/token_embed/embedding", "copy"),
+            ("text_projection", "text_proj/kernel", "copy"),
+            ("visual.class_embedding", "image_tower/cls", "copy"),
+            ("visual.positional_embedding", "image_tower/pos_embed/embedding", "copy"),
+            ("visual.conv1.weight", "image_tower/patch_embed/proj/kernel", "conv"),
+            ("visual.proj", "image_proj/kernel", "copy")]
+    rows += _expand((("ln_final", "text_tower/ln_final", "norm"), ("visual.ln_pre", "image_tower/ln_pre", "norm"),
+                     ("visual.ln_post", "image_tower/ln_final", "norm")), "", "")
+    for i in range(_tower_fields(model_config["image"])["depth"]):
+        rows += _block_rows(f"visual.transformer.resblocks.{i}", f"image_tower/encoder/layer_{i}")
+    for i in range(_tower_fields(model_config["text"])["depth"]):
+        rows += _block_rows(f"transformer.resblocks.{i}", f"text_tower/encoder/layer_{i}")
+    return rows
+
+
 def _unfuse(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Splits ``in_proj_weight``/``in_proj_bias`` into per-projection tensors (``q_proj_weight``, ...)."""
     out = {}
@@ -149,7 +174,7 @@ def _scanned(model_config: Mapping[str, Any]) -> dict[str, bool]:
     """Tower prefix -> whether its layers are scanned (stacked on a leading axis)."""
     return {prefix: bool(_tower_fields(model_config[key])["scan"])
             for key, prefix in (("image", "image_tower/encoder"), ("text", "text_tower/encoder"),
-                                ("decoder", "text_decoder"))}
+                                ("decoder", "text_decoder")) if key in model_config}
 
 
 def _stack(flat: dict[str, np.ndarray], scanned: Mapping[str, bool]) -> dict[str, np.ndarray]:
@@ -181,7 +206,8 @@ def _unstack(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _unscanned_config(model_config: Mapping[str, Any]) -> dict:
     cfg = _plain(model_config)
     for key in ("image", "text", "decoder"):
-        cfg[key] = dict(cfg[key], scan=False)
+        if key in cfg:
+            cfg[key] = dict(cfg[key], scan=False)
     return cfg
 
 
@@ -208,6 +234,31 @@ def coca_to_open_clip(model_config: Mapping[str, Any], params: Any) -> dict[str,
     model_config = _plain(model_config)
     _check_model(model_config)
     coca_config_to_open_clip(model_config)  # raises on settings open_clip cannot express
+    return _state_dict(model_config, params, _rows(model_config), "CoCa")
+
+
+def clip_from_open_clip(state_dict: Mapping[str, Any], model_config: Mapping[str, Any]) -> dict:
+    """vlfm ``dual_encoder`` params (float32 numpy) of ``model_config`` from an open_clip CLIP state dict."""
+    model_config = _plain(model_config)
+    tensors = _unfuse({k: v for k, v in state_dict.items() if not k.endswith("attn_mask")})
+    flat = map_tensors(tensors, _clip_rows(model_config), _abstract_params(_unscanned_config(model_config)),
+                       "the open_clip state dict does not match the vlfm CLIP config")
+    return flax.traverse_util.unflatten_dict(_stack(flat, _scanned(model_config)), sep="/")
+
+
+def clip_to_open_clip(model_config: Mapping[str, Any], params: Any) -> dict[str, np.ndarray]:
+    """An open_clip CLIP state dict (float32 numpy) from vlfm ``dual_encoder`` params (either layout). The
+    temperature is the one the model uses: vlfm caps ``logit_scale`` in the forward pass, open_clip clamps
+    the parameter after each step, so the exported value is capped."""
+    model_config = _plain(model_config)
+    clip_config_to_open_clip(model_config)  # raises on settings open_clip cannot express
+    tensors = _state_dict(model_config, params, _clip_rows(model_config), "CLIP")
+    cap = np.float32(model_config.get("max_logit_scale", math.log(100.0)))
+    tensors["logit_scale"] = np.array(np.minimum(tensors["logit_scale"], cap), np.float32)  # 0-d array, not a scalar
+    return tensors
+
+
+def _state_dict(model_config: dict, params: Any, rows: list, family: str) -> dict[str, np.ndarray]:
     flat = {k: np.asarray(v, np.float32)
             for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(strip_boxes(params)), sep="/").items()}
     flat = _unstack(flat)
@@ -219,12 +270,12 @@ def coca_to_open_clip(model_config: Mapping[str, Any], params: Any) -> dict[str,
                          f"\n  unexpected: {_list(set(flat) - set(shapes)) or '-'}"
                          f"\n  wrong shape: {_list(wrong) or '-'}")
     tensors, used = {}, set()
-    for oc_key, vl_path, kind in _rows(model_config):
+    for oc_key, vl_path, kind in rows:
         tensors[oc_key] = np.array(_to_hf(kind, flat[vl_path]), order="C")  # keeps 0-d arrays 0-d
         used.add(vl_path)
     leftover = set(flat) - used
     if leftover:
-        raise ValueError(f"these params have no place in an open_clip CoCa state dict: {_list(leftover)}")
+        raise ValueError(f"these params have no place in an open_clip {family} state dict: {_list(leftover)}")
     return _fuse(tensors)
 
 
@@ -334,6 +385,80 @@ def coca_config_to_open_clip(model_config: Mapping[str, Any]) -> dict:
     )
 
 
+TEXT_POOLS = {"argmax": "argmax", "eos": "eos", "first": "first", "last": "last"}  # vlfm pool -> open_clip pool_type
+
+
+def clip_config_from_open_clip(cfg: Mapping[str, Any], scan: bool = True) -> dict:
+    """The vlfm ``dual_encoder`` config for an open_clip CLIP ``model_cfg`` (as in ``ViT-B-16.json``)."""
+    v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
+    _unsupported("vision_cfg", v, ls_init_value=None, no_ln_pre=False, pool_type="tok", patch_dropout=0.0,
+                 timm_model_name=None, final_ln_after_pool=False, attentional_pool=False)
+    _unsupported("text_cfg", t, embed_cls=False, ls_init_value=None, no_causal_mask=False, proj_bias=False,
+                 hf_model_name=None, proj_type="linear", final_ln_after_pool=False)
+    if cfg.get("init_logit_bias") is not None:
+        raise ValueError("open_clip init_logit_bias (SigLIP-style CLIP): not supported by this converter")
+    pool = t.get("pool_type", "argmax")
+    if pool not in TEXT_POOLS.values():
+        raise ValueError(f"open_clip text_cfg.pool_type={pool!r}: vlfm reads {', '.join(TEXT_POOLS.values())}")
+    act = _act(bool(cfg.get("quick_gelu", False)))
+    v_width, t_width = int(v.get("width", 768)), int(t.get("width", 512))
+    image = dict(name="vit", image_size=int(v.get("image_size", 224)), patch_size=int(v.get("patch_size", 16)),
+                 width=v_width, depth=int(v.get("layers", 12)), num_heads=v_width // int(v.get("head_width", 64)),
+                 mlp_dim=int(v_width * float(v.get("mlp_ratio", 4.0))), pre_norm=True, patch_bias=False,
+                 ln_eps=1e-5, act=act, scan=scan)
+    text = dict(name="text_transformer", vocab_size=int(t.get("vocab_size", 49408)),
+                max_len=int(t.get("context_length", 77)), width=t_width, depth=int(t.get("layers", 12)),
+                num_heads=int(t.get("heads", 8)), mlp_dim=int(t_width * float(t.get("mlp_ratio", 4.0))),
+                ln_eps=1e-5, act=act, causal=True, pool=pool, scan=scan,
+                **({"eos_id": int(t.get("eos_id", 2))} if pool == "eos" else {}))
+    return dict(name="dual_encoder", embed_dim=int(cfg["embed_dim"]), image=image, text=text,
+                logit_scale_init=float(cfg.get("init_logit_scale", math.log(1 / 0.07))))
+
+
+def clip_config_to_open_clip(model_config: Mapping[str, Any]) -> dict:
+    """open_clip's CLIP ``model_cfg`` for a vlfm ``dual_encoder`` (raises on what open_clip cannot express)."""
+    model_config = _plain(model_config)
+    if model_config.get("name") != "dual_encoder":
+        raise ValueError(f"open_clip CLIP conversion handles the 'dual_encoder' model, not {model_config.get('name')!r}")
+    image, text = (_tower_fields(model_config[k]) for k in ("image", "text"))
+    problems = []
+    if (model_config["image"].get("name"), model_config["text"].get("name")) != ("vit", "text_transformer"):
+        problems.append("towers (image 'vit' and text 'text_transformer')")
+    else:
+        for where, tower in (("image", image), ("text", text)):
+            if tower["act"] not in ("gelu", "quick_gelu") or tower["act"] != image["act"]:
+                problems.append(f"{where}.act={tower['act']!r} (one of gelu, quick_gelu for both towers)")
+            if tower["ln_eps"] != 1e-5:
+                problems.append(f"{where}.ln_eps={tower['ln_eps']!r} (1e-5)")
+            if not tower.get("qkv_bias", True) or tower.get("layer_scale") is not None:
+                problems.append(f"{where}: qkv_bias=True and no layer_scale")
+            if tower["width"] % tower["num_heads"]:
+                problems.append(f"{where}.num_heads={tower['num_heads']} (heads that divide the width)")
+        want = dict(pos_embedding="learned", class_token=True, pre_norm=True, patch_bias=False, pool="cls",
+                    final_norm=True, pooler="none", num_classes=0)
+        problems += [f"image.{k}={image[k]!r} ({v!r})" for k, v in want.items() if image[k] != v]
+        if not text["causal"]:
+            problems.append("text.causal=False (open_clip's text tower is causal)")
+        if text["pool"] not in TEXT_POOLS:
+            problems.append(f"text.pool={text['pool']!r} (one of {', '.join(TEXT_POOLS)})")
+    if model_config.get("logit_bias_init") is not None:
+        problems.append("logit_bias_init (SigLIP-style bias; not in open_clip's CLIP config here)")
+    if problems:
+        raise ValueError("this dual encoder has no open_clip CLIP equivalent: " + "; ".join(problems))
+    text_cfg = dict(context_length=text["max_len"], vocab_size=text["vocab_size"], width=text["width"],
+                    heads=text["num_heads"], layers=text["depth"], mlp_ratio=text["mlp_dim"] / text["width"],
+                    pool_type=TEXT_POOLS[text["pool"]])
+    if text["pool"] == "eos":
+        text_cfg["eos_id"] = int(text["eos_id"])
+    return dict(
+        embed_dim=int(model_config.get("embed_dim", 512)), quick_gelu=image["act"] == "quick_gelu",
+        init_logit_scale=float(model_config.get("logit_scale_init", math.log(1 / 0.07))),
+        vision_cfg=dict(image_size=image["image_size"], patch_size=image["patch_size"], width=image["width"],
+                        layers=image["depth"], head_width=image["width"] // image["num_heads"],
+                        mlp_ratio=image["mlp_dim"] / image["width"]),
+        text_cfg=text_cfg)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Files
 
@@ -343,10 +468,14 @@ def save_open_clip(model_config: Mapping[str, Any], params: Any, path: str | os.
     """Writes ``open_clip_config.json`` (``{"model_cfg": ...}``) and ``open_clip_model.safetensors``; open_clip
     loads them with ``open_clip.create_model_and_transforms("local-dir:" + path)``. ``vlfm_export.json``
     beside them records the vlfm model config, commit and version (and ``run_record``, a training run's)."""
-    tensors = coca_to_open_clip(model_config, params)
+    model_config = _plain(model_config)
+    if model_config.get("name") == "dual_encoder":
+        tensors, cfg = clip_to_open_clip(model_config, params), clip_config_to_open_clip(model_config)
+    else:
+        tensors, cfg = coca_to_open_clip(model_config, params), coca_config_to_open_clip(model_config)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump({"model_cfg": coca_config_to_open_clip(model_config)}, f, indent=2, sort_keys=True)
+        json.dump({"model_cfg": cfg}, f, indent=2, sort_keys=True)
     safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
     write_export_record(path, _plain(model_config), run_record)
 
@@ -354,7 +483,14 @@ def save_open_clip(model_config: Mapping[str, Any], params: Any, path: str | os.
 def load_open_clip(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     """``(vlfm model config, params)`` from a directory of ``open_clip_config.json`` + ``open_clip_model.safetensors``
     (what ``save_open_clip`` writes, and open_clip's own Hub layout)."""
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(f"{path}: no {name} (an open_clip directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
     with open(os.path.join(path, CONFIG_NAME)) as f:
-        model_config = coca_config_from_open_clip(json.load(f)["model_cfg"], scan=scan)
+        cfg = json.load(f)["model_cfg"]
     tensors = safetensors.numpy.load_file(os.path.join(path, WEIGHTS_NAME))
-    return model_config, coca_from_open_clip(tensors, model_config)
+    if "multimodal_cfg" in cfg:  # CoCa
+        model_config = coca_config_from_open_clip(cfg, scan=scan)
+        return model_config, coca_from_open_clip(tensors, model_config)
+    model_config = clip_config_from_open_clip(cfg, scan=scan)
+    return model_config, clip_from_open_clip(tensors, model_config)

@@ -1,10 +1,10 @@
 """Evaluation without training: a config's evaluators on given weights (``python -m vlfm.evaluate``).
 
 The weights come from a params export (``--params``), a training checkpoint directory (``--checkpoint``,
-its latest committed step), a workdir (``--workdir``: its latest checkpoint if any, else its params export)
-or an HF checkpoint (``--hf``, converted on load). They are loaded onto the model's shardings on the
-config's mesh, exactly as the trainer holds them, so the metrics equal the trainer's evaluation of the
-same parameters. Every parameter of the model must be in the weights (a missing one is an error, never
+its latest committed step), a workdir (``--workdir``: its latest checkpoint if any, else its params export),
+an HF checkpoint (``--hf``, converted on load) or an open_clip directory (``--open_clip``, CLIP or CoCa).
+They are loaded onto the model's shardings on the config's mesh, exactly as the trainer holds them, so the
+metrics equal the trainer's evaluation of the same parameters. Every parameter of the model must be in the weights (a missing one is an error, never
 random); weights the model lacks are logged. A ``progress`` observer (``vlfm.evaluate.progress``) sees
 every evaluation batch go by.
 """
@@ -36,7 +36,7 @@ from vlfm.train.tasks import build_tasks
 
 log = logging.getLogger("vlfm")
 
-WEIGHTS = ("workdir", "params", "checkpoint", "hf")
+WEIGHTS = ("workdir", "params", "checkpoint", "hf", "open_clip")
 
 
 class WeightsError(ValueError):

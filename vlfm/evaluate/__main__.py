@@ -1,6 +1,6 @@
 """``python -m vlfm.evaluate [--config configs/NAME.py[:arg]] [--config.a.b=value ...]
-(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR) [--evals name,...] [--json OUT]
-[--format json|table] [--progress auto|bar|log|off]``.
+(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR | --open_clip DIR) [--evals name,...]
+[--json OUT] [--format json|table] [--progress auto|bar|log|off]``.
 
 Without ``--config`` the run's saved config (``WORKDIR/config.json``) of ``--workdir`` is used.
 
@@ -19,11 +19,11 @@ import sys
 from vlfm.evaluate.flags import parse_flags
 
 USAGE = ("usage: python -m vlfm.evaluate [--config configs/NAME.py[:arg]] [--config.a.b=value ...] "
-         "(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR) [--evals name,...] [--json OUT] "
+         "(--workdir DIR | --params DIR | --checkpoint DIR | --hf DIR | --open_clip DIR) [--evals name,...] [--json OUT] "
          "[--format json|table] [--progress auto|bar|log|off]\n"
          "  without --config, --workdir's saved config (WORKDIR/config.json) is used")
 FORMATS = ("json", "table")
-WEIGHT_FLAGS = ("--workdir", "--params", "--checkpoint", "--hf")
+WEIGHT_FLAGS = ("--workdir", "--params", "--checkpoint", "--hf", "--open_clip")
 VALUE_FLAGS = ("--config", "--evals", "--json", "--format", "--progress") + WEIGHT_FLAGS
 
 

@@ -55,7 +55,7 @@ def base_config() -> ConfigDict:
     c.teachers = ConfigDict()  # name -> config/model/workdir + params/checkpoint, or hf (vlfm.train.teachers)
     # Fine-tuning: start from another run's params (vlfm.train.init_from); one of params/checkpoint/hf,
     # or `sources`: a list of such dicts (each with its own skip/rename/grow_rows), merged in order.
-    c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, skip=(), rename=(), grow_rows=(), resample=(),
+    c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, open_clip=None, skip=(), rename=(), grow_rows=(), resample=(),
                                   inflate=(), sources=()))
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
     # mu_dtype / lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).

@@ -1,8 +1,9 @@
 """Starting a run from another run's parameters: fine-tuning a pretrained model on a downstream head.
 
 ``config.init_from`` names the source: ``params`` (a params export, ``WORKDIR/params``),
-``checkpoint`` (a training run's ``WORKDIR/checkpoints``, latest step) or ``hf`` (an HF checkpoint
-directory, converted on load). Every parameter of the new model whose path and shape match the
+``checkpoint`` (a training run's ``WORKDIR/checkpoints``, latest step), ``hf`` (an HF checkpoint
+directory, converted on load) or ``open_clip`` (an open_clip directory: ``open_clip_config.json`` +
+``open_clip_model.safetensors``, CLIP or CoCa). Every parameter of the new model whose path and shape match the
 source is loaded; parameters the source lacks (a new VQA head) keep their fresh initialisation and
 source parameters the model lacks (pretraining heads) are ignored. Both lists are logged.
 
@@ -29,12 +30,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from vlfm.convert.hf import load_hf
+from vlfm.convert.open_clip import load_open_clip
 from vlfm.core.checkpoint import load_params, load_params_from_checkpoint
 from vlfm.core.tree import merge_params
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("params", "checkpoint", "hf")
+SOURCES = ("params", "checkpoint", "hf", "open_clip")
 MERGE_KEYS = ("skip", "rename", "grow_rows", "resample", "inflate")
 INIT_KEYS = SOURCES + MERGE_KEYS + ("sources",)
 
@@ -51,6 +53,8 @@ def _source_params(cfg: Mapping[str, Any]) -> tuple[str, Any]:
     kind, path = given[0], cfg[given[0]]
     if kind == "hf":
         return path, load_hf(path)[1]
+    if kind == "open_clip":
+        return path, load_open_clip(path)[1]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"init_from.{kind}: no directory {path!r}")
     return path, (load_params(path) if kind == "params" else load_params_from_checkpoint(path))
