@@ -72,9 +72,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         losses["kd_cross_attention"] = dict(teacher="vilt", weight=1.0)
     task = dict(data=DATA, losses=losses)
     if kd:
-        task.update(teachers=("vilt",), forward=dict(mutable=("attention",)))
+        # Each its own tuple (built at run time): one object in two places would print as a YAML alias.
+        task.update(teachers=("vilt",), forward=dict(mutable=tuple(["attention"])))
         c.teachers = ml_collections.ConfigDict(dict(vilt=dict(
-            model=teacher_model(), params="workdirs/vilt_tiny_snli_ve/params", forward=dict(mutable=("attention",)))))
+            model=teacher_model(), params="workdirs/vilt_tiny_snli_ve/params", forward=dict(mutable=tuple(["attention"])))))
     c.tasks = ml_collections.ConfigDict(dict(ve=task))
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=100)
     c.optimizer.weight_decay = 0.01
