@@ -58,6 +58,12 @@ from vlfm.train.step import make_train_step
 from vlfm.train.tasks import build_tasks
 
 
+
+def _significant(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits: rates near zero (a CPU's TFLOP/s) keep their precision,
+    so the printed ratios agree with each other to 0.1%."""
+    return float(f"{x:.{digits}g}")
+
 def synthetic_batch(example: dict, batch_size: int, seed: int = 0) -> dict:
     """Random arrays with the example's shapes and dtypes (integers stay in the example's range)."""
     rng = np.random.default_rng(seed)
@@ -165,10 +171,10 @@ def main(argv: list[str]) -> dict:
         "batch_size": batch_size, "compile_s": round(compile_s, 2), "steps": args.steps,
         "step_ms": round(1e3 * step_s, 2), "step_ms_min": round(1e3 * min(times), 2),
         "step_ms_max": round(1e3 * max(times), 2), "examples_per_s": round(batch_size / step_s, 1),
-        "model_flops_per_step": step_flops, "model_tflops_per_device": round(per_device / 1e12, 4),
-        "peak_tflops": round(peak, 3), "peak_source": source, "mfu": round(per_device / 1e12 / peak, 4),
+        "model_flops_per_step": step_flops, "model_tflops_per_device": _significant(per_device / 1e12),
+        "peak_tflops": _significant(peak), "peak_source": source, "mfu": _significant(per_device / 1e12 / peak),
         "vendor_peak_tflops": None if vendor is None else vendor / 1e12,
-        "mfu_vendor": None if vendor is None else round(per_device / vendor, 4),
+        "mfu_vendor": None if vendor is None else _significant(per_device / vendor),
         "peak_memory_gib": None if memory is None else round(memory / 2**30, 3),
         "loss": float(metrics["loss"]),
     }
