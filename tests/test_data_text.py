@@ -137,3 +137,14 @@ def test_caption_tokens_in_the_pipeline_match_hf_bert_tokenizer():
         ref = hf(caption.strip(), padding="max_length", truncation=True, max_length=16)
         assert out["text"].tolist() == ref["input_ids"], caption
         assert out["text_mask"].tolist() == ref["attention_mask"], caption
+
+
+def test_inspect_data_prints_a_configs_examples(capsys):
+    from vlfm.train.inspect_data import main as inspect_main
+
+    inspect_main(["--config", "configs/clip_tiny.py", "--num", "2", "--config.data.num_examples=8"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("0 {") and "'image': ([32, 32, 3], 'float32')" in lines[0] and lines[1].startswith("1 {")
+    assert lines[2] == "{}"  # no bad data
+    with pytest.raises(SystemExit):
+        inspect_main(["--config", "configs/clip_tiny.py", "--nmu", "2"])
