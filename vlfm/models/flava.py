@@ -42,6 +42,7 @@ from vlfm.losses.itm import random_negatives
 from vlfm.models import layers
 from vlfm.models.fusion import take_rows
 from vlfm.models.image_tokenizer import ImageTokenizer, resolve_tokenizer
+from vlfm.models.dual_encoder import l2_normalize
 from vlfm.models.masked_image import MaskedPredictionHead, MaskToken, random_masking, replace_masked
 from vlfm.models.registry import MODELS
 from vlfm.models.vilt import TextEmbed
@@ -152,8 +153,7 @@ class ItmHead(nn.Module):
 
 
 def _unit(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # torch F.normalize
+    return l2_normalize(x, eps=1e-12)  # torch F.normalize's epsilon
 
 
 @MODELS.register("flava")
