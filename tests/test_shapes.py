@@ -278,9 +278,10 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
 
 
 def test_generation_speed():
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: the bound holds on a loaded machine or beside other tests.
+    start = time.process_time()
     shapes.generate("train", 2000)
-    assert time.perf_counter() - start < 4.0
+    assert time.process_time() - start < 4.0
 
 
 @pytest.mark.parametrize("max_objects", [1, 2])

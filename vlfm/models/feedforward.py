@@ -6,11 +6,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from vlfm.models.primitives import Array, Dtype, Proj, activation
+from vlfm.models.primitives import Array, Dtype, Proj, activation, logical
 
 
 class Mlp(nn.Module):
-    """Two-layer feed-forward block ``embed -> mlp -> embed``."""
+    """Two-layer feed-forward block ``embed -> mlp -> embed``.
+
+    ``sub_ln_eps`` (BEiT-3 / Magneto sub-LayerNorm) adds a LayerNorm (``sub_ln``, over the ``mlp``
+    features) between the activation and ``fc2``: it keeps the hidden activations' scale fixed in deep
+    stacks."""
 
     mlp_dim: int
     act: str = "gelu"
@@ -18,6 +22,7 @@ class Mlp(nn.Module):
     init_std: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    sub_ln_eps: float | None = None
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -28,6 +33,10 @@ class Mlp(nn.Module):
         h = nn.with_logical_constraint(h, ("activation_batch", "activation_seq", "activation_mlp"))
         h = activation(self.act)(h)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        if self.sub_ln_eps is not None:
+            h = nn.LayerNorm(epsilon=self.sub_ln_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="sub_ln",
+                             scale_init=logical(nn.initializers.ones, ("mlp",)),
+                             bias_init=logical(nn.initializers.zeros, ("mlp",)))(h)
         return Proj((width,), ("mlp", "embed"), init_std=self.init_std, dtype=self.dtype,
                     param_dtype=self.param_dtype, name="fc2")(h)
 

@@ -142,12 +142,13 @@ class FfnExpert(nn.Module):
     init_std: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    sub_ln: bool = False
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
         h = layer_norm(self.ln_eps, self.dtype, self.param_dtype, name="ln")(x)
         return Mlp(self.mlp_dim, self.act, self.dropout_rate, self.init_std, self.dtype, self.param_dtype,
-                   name="mlp")(h, deterministic=deterministic)
+                   sub_ln_eps=self.ln_eps if self.sub_ln else None, name="mlp")(h, deterministic=deterministic)
 
 
 class QkvProj(nn.Module):
@@ -182,6 +183,25 @@ def route(split: int, length: int, text_fn: Callable[[Array], Any], image_fn: Ca
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), *parts)
 
 
+def text_split(mode: str, text_len: int, length: int) -> int:
+    """Number of leading text positions of a ``length``-token sequence in ``mode``."""
+    if mode == "image":
+        return 0
+    if mode == "text":
+        return length
+    if mode != "vl":
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if not 0 <= text_len <= length:
+        raise ValueError(f"text_len {text_len} outside a sequence of {length} tokens")
+    return text_len
+
+
+def _sub_ln_then(norm: nn.Module, out: nn.Module, att: Array) -> Array:
+    """BEiT-3's sub-LayerNorm on the attention output (heads merged), then the output projection."""
+    b, t, h, d = att.shape
+    return out(norm(att.reshape(b, t, h * d)).reshape(b, t, h, d))
+
+
 class MomeLayer(nn.Module):
     """One MoME layer as a stack layer (``vlfm.models.stack``): carry ``x [B, T, D]``, per-layer input the
     relative position bias ``[H, T, T]`` (or None), broadcast ``{"mask": AttentionMask | None}``.
@@ -203,6 +223,7 @@ class MomeLayer(nn.Module):
     act: str = "gelu"
     qkv_bias: str = "qv"
     layer_scale: float | None = None
+    sub_ln: bool = False
     dropout_rate: float = 0.0
     attn_dropout_rate: float = 0.0
     implementation: str = "xla"
@@ -214,15 +235,7 @@ class MomeLayer(nn.Module):
 
     def split(self, length: int) -> int:
         """Number of leading text positions of a ``length``-token sequence in this layer's mode."""
-        if self.mode == "image":
-            return 0
-        if self.mode == "text":
-            return length
-        if self.mode != "vl":
-            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if not 0 <= self.text_len <= length:
-            raise ValueError(f"text_len {self.text_len} outside a sequence of {length} tokens")
-        return self.text_len
+        return text_split(self.mode, self.text_len, length)
 
     @nn.compact
     def __call__(self, x, drop_path_rate, xs, broadcast):
@@ -238,16 +251,20 @@ class MomeLayer(nn.Module):
         qkv = functools.partial(QkvProj, self.num_heads, head_dim, self.qkv_bias, self.init_std, **common)
         out = functools.partial(Proj, (width,), ("heads", "kv", "embed"), in_dims=2, init_std=self.init_std, **common)
         ffn = functools.partial(FfnExpert, self.mlp_dim, self.act, self.ln_eps, self.dropout_rate, self.init_std,
-                                **common)
+                                sub_ln=self.sub_ln, **common)
         if self.multiway_attention:
             ln1 = {m: ln(name=f"ln1_{m}") for m in ("text", "image")}
             proj = {m: qkv(name=f"qkv_{m}") for m in ("text", "image")}
             attn_out = {m: out(name=f"attn_out_{m}") for m in ("text", "image")}
+            attn_ln = {m: ln(name=f"attn_ln_{m}") for m in ("text", "image")} if self.sub_ln else None
         else:
             shared_ln, shared_proj, shared_out = ln(name="ln1"), qkv(name="qkv"), out(name="attn_out")
             ln1 = dict.fromkeys(("text", "image"), shared_ln)
             proj = dict.fromkeys(("text", "image"), shared_proj)
             attn_out = dict.fromkeys(("text", "image"), shared_out)
+            attn_ln = dict.fromkeys(("text", "image"), ln(name="attn_ln")) if self.sub_ln else None
+        if attn_ln is not None:  # sub-LayerNorm over the merged heads, then the output projection
+            attn_out = {m: functools.partial(_sub_ln_then, attn_ln[m], attn_out[m]) for m in attn_out}
         experts = {m: ffn(name=f"ffn_{m}") for m in (("text", "image", "vl") if self.vl_ffn else ("text", "image"))}
         dropout = nn.Dropout(self.dropout_rate)
 
@@ -319,6 +336,7 @@ class MomeTransformer(nn.Module):
     act: str = "gelu"
     qkv_bias: str = "qv"
     layer_scale: float | None = None
+    sub_ln: bool = False
     dropout_rate: float = 0.0
     attn_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -338,7 +356,7 @@ class MomeTransformer(nn.Module):
         """``MomeLayer`` fields of a bottom layer in ``mode``."""
         return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, mode=mode, text_len=text_len,
                     multiway_attention=self.multiway_attention, head_dim=self.head_dim, ln_eps=self.ln_eps,
-                    act=self.act, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale,
+                    act=self.act, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale, sub_ln=self.sub_ln,
                     dropout_rate=self.dropout_rate, attn_dropout_rate=self.attn_dropout_rate,
                     implementation=self.implementation, init_std=self.init_std, dtype=self.dtype,
                     param_dtype=self.param_dtype)
@@ -371,5 +389,15 @@ class MomeTransformer(nn.Module):
                                 attention_layers=[i for i in self.attention_layers if first <= i < stop],
                                 first_layer=first, total_depth=self.depth)
         if self.final_norm and part != "bottom":
-            x = layer_norm(self.ln_eps, self.dtype, self.param_dtype, name="ln_final")(x)
+            ln = functools.partial(layer_norm, self.ln_eps, self.dtype, self.param_dtype)
+            if self.multiway_attention:  # BEiT-3: every LayerNorm is per modality, the last one too
+                norms = {m: ln(name=f"ln_final_{m}") for m in ("text", "image")}
+                split = text_split(mode, text_len, length)
+                if self.is_initializing():  # one parameter set for every mode
+                    for m, n in (("text", split), ("image", length - split)):
+                        if not n:
+                            norms[m](x[:, :0])
+                x = route(split, length, norms["text"], norms["image"], x)
+            else:
+                x = ln(name="ln_final")(x)
         return x

@@ -26,8 +26,10 @@ Two uni-modal objectives for VLMo's stagewise pretraining (a task's ``forward.me
 - ``text_mlm``: masked language modelling on the text-only pass (L-FFN in every layer, VL-FFN unused,
   as VLMo's language stage): ``mlm_logits`` over ``batch["mlm_text"]`` (else ``text``).
 
-``multiway_attention`` gives each modality its own attention projections and LayerNorm (BEiT-3's
-multiway transformer; BEiT-3's sub-LayerNorms are not implemented).
+``multiway_attention`` gives each modality its own attention projections and LayerNorms, the final one
+too (BEiT-3's multiway transformer); ``sub_ln`` adds BEiT-3's sub-LayerNorms (before the attention output
+projection and before ``fc2``). The transformer matches torchscale's ``BEiT3`` (``tests/test_beit3_parity.py``);
+BEiT-3's embeddings (absolute positions for both modalities, no text LayerNorm) are not a ``Vlmo`` option.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Vlmo(FusionModel):
     num_types: int = 2
     vl_depth: int = 2
     multiway_attention: bool = False
+    sub_ln: bool = False
     relative_position: bool = True
     # Learned absolute positions for the image patches as well as the relative position bias (BEiT's and
     # VLMo's ``use_abs_pos_emb``): the bias alone gives offsets between patches, not where a patch is.
@@ -113,7 +116,8 @@ class Vlmo(FusionModel):
                                               param_dtype=pdtype)
         self.transformer = MomeTransformer(
             self.depth, self.num_heads, self.mlp_dim, self.vl_depth, self.multiway_attention, ln_eps=self.ln_eps,
-            act=self.act, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale, dropout_rate=self.dropout_rate,
+            act=self.act, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale, sub_ln=self.sub_ln,
+            dropout_rate=self.dropout_rate,
             attn_dropout_rate=self.attn_dropout_rate, drop_path_rate=self.drop_path_rate, init_std=self.init_std,
             relative_position=self.relative_position, image_grid=(grid, grid), max_text_len=self.max_text_len,
             scan=self.scan, remat=self.remat, implementation=self.attention,
