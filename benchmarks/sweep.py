@@ -1,13 +1,17 @@
 """Runs ``benchmarks/train_step.py`` for several variants of one config and prints a table (and JSON lines).
 
     python benchmarks/sweep.py --config configs/clip_b16.py --preset clip_b16 [--steps 20] [--budget_s 480]
-        [--variant NAME=key=value,key=value ...] [--out results.jsonl] [--config.a.b=value ...]
+        [--variant NAME=key=value,key=value ...] [--out results.jsonl] [--wheels DIR] [--config.a.b=value ...]
 
 Made for short accelerator sessions: each variant runs in its own process (its own compile, memory and
 crash), variants run in the order given, and once ``--budget_s`` is spent the remaining ones are listed as
 skipped instead of run. A variant that fails (e.g. out of memory) is reported with its error's last line;
 the sweep goes on. Common ``--config.*`` overrides apply to every variant. ``--peak_tflops`` (else the
 first variant's measured matmul peak, reused by the rest) keeps MFU comparable across rows.
+
+``--wheels DIR`` first installs the wheels of ``DIR`` (``benchmarks/wheels.py download DIR`` fills it where
+a package index is reachable) into a temporary folder that every variant's process imports from: for a
+node whose image lacks vlfm's data stack and reaches no index.
 
 Presets name the levers worth measuring for a config (``--preset list`` prints them). Record the table
 in ``benchmarks/RESULTS.md``.
@@ -69,6 +73,20 @@ def run_variant(config: str, overrides: list[str], common: list[str], steps: int
     return result
 
 
+def use_wheels(folder: str) -> str:
+    """Installs ``folder``'s wheels into a temporary folder and puts it first on the variants' PYTHONPATH."""
+    import tempfile
+
+    sys.path.insert(0, HERE)
+    import wheels
+
+    target = tempfile.mkdtemp(prefix="vlfm-wheels-")
+    names = wheels.install(folder, target)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (target, os.environ.get("PYTHONPATH")) if p)
+    print(f"wheels: {', '.join(names)} -> {target}", file=sys.stderr, flush=True)
+    return target
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
     """A markdown table of the figures that decide between variants."""
     head = "| variant | ex/s | step ms | TFLOP/s/dev | MFU | MFU (data sheet) | peak GiB | compile s | wall s |"
@@ -95,6 +113,7 @@ def main(argv: list[str]) -> list[tuple[str, dict]]:
     parser.add_argument("--budget_s", type=float, default=480.0, help="start no variant after this many seconds")
     parser.add_argument("--timeout_s", type=float, default=300.0, help="limit per variant")
     parser.add_argument("--out", default=None, help="append each result as a JSON line")
+    parser.add_argument("--wheels", default=None, help="install this folder's wheels for the variants first")
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
@@ -108,6 +127,8 @@ def main(argv: list[str]) -> list[tuple[str, dict]]:
     variants = list(PRESETS.get(args.preset, [])) + [parse_variant(v) for v in args.variant]
     if not variants:
         parser.error("nothing to run: give --preset or --variant")
+    if args.wheels:
+        use_wheels(args.wheels)
     start, peak, rows = time.perf_counter(), args.peak_tflops, []
     for name, overrides in variants:
         spent = time.perf_counter() - start

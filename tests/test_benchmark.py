@@ -82,3 +82,45 @@ def test_sweep_presets_are_valid_overrides_of_their_configs():
     assert sweep.parse_variant("a=x.y=1,z=2") == ("a", ["x.y=1", "z=2"]) and sweep.parse_variant("b=") == ("b", [])
     with pytest.raises(ValueError, match="NAME=key=value"):
         sweep.parse_variant("nameonly")
+
+
+def _load_sweep():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "benchmarks", "sweep.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
+def _probe_wheel(folder) -> None:
+    """A minimal pure-Python wheel (``vlfm_wheel_probe``), written by hand."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = "vlfm_wheel_probe-1.0.dist-info"
+    files = {"vlfm_wheel_probe/__init__.py": b"VALUE = 41 + 1\n",
+             f"{info}/METADATA": b"Metadata-Version: 2.1\nName: vlfm-wheel-probe\nVersion: 1.0\n",
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    digest = lambda d: base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode()  # noqa: E731
+    record = "".join(f"{p},sha256={digest(d)},{len(d)}\n" for p, d in files.items()) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(os.path.join(folder, "vlfm_wheel_probe-1.0-py3-none-any.whl"), "w") as z:
+        for path, data in {**files, f"{info}/RECORD": record.encode()}.items():
+            z.writestr(path, data)
+
+
+def test_sweep_wheels_reach_the_variant_processes(tmp_path, monkeypatch):
+    """``--wheels DIR``: DIR's wheels are installed offline into a temporary folder that the variants'
+    processes import from; an empty DIR is an error that says how to fill it."""
+    sweep = _load_sweep()
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # use_wheels puts benchmarks/ first
+    with pytest.raises(FileNotFoundError, match="wheels.py download"):
+        sweep.use_wheels(str(tmp_path))
+    _probe_wheel(tmp_path)
+    target = sweep.use_wheels(str(tmp_path))
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == target
+    out = subprocess.run([sys.executable, "-c", "import vlfm_wheel_probe; print(vlfm_wheel_probe.VALUE)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "42", out.stderr
