@@ -133,6 +133,9 @@ class ItmRerankRetrievalEvaluator:
     logits: the ITM log-odds plus the contrastive logit (a product of the two models' scores). At
     small scale the plain cosine (within [-1, 1]) hardly moves ITM log-odds of several units.
 
+    ``score`` names the model's predict function that scores a pair (``itm_score``; R2D2 also has
+    ``itm_score_text`` and ``itm_score_image``, one cross encoder each).
+
     The dual encoder is the model's own contrastive half (``encode_image``/``encode_text`` predict
     fns) or, with ``dual_encoder={"model": <config or JSON path>, "workdir" | "params": ...}``, a
     separately trained one (e.g. ``configs/clip_tiny.py``'s run). Candidates outside the top ``k``
@@ -143,12 +146,15 @@ class ItmRerankRetrievalEvaluator:
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256, k: int = 10,
                  dual_encoder: Mapping[str, Any] | None = None, combine: str = "itm",
-                 sim_weight: float | str = 1.0):
+                 sim_weight: float | str = 1.0, score: str = "itm_score"):
         if combine not in ("itm", "sum"):
             raise ValueError(f"unknown combine {combine!r}; valid: itm (ALBEF), sum (BLIP: ITM + similarity)")
         if isinstance(sim_weight, str) and sim_weight != "logit_scale":
             raise ValueError(f"sim_weight is a number or 'logit_scale', got {sim_weight!r}")
-        self.itm_score, self.combine, self.sim_weight = predict_fns["itm_score"], combine, sim_weight
+        if score not in predict_fns or not score.startswith("itm_score"):
+            valid = sorted(k for k in predict_fns if k.startswith("itm_score"))
+            raise ValueError(f"score {score!r} is not a pair score of this model; valid: {', '.join(valid)}")
+        self.itm_score, self.combine, self.sim_weight = predict_fns[score], combine, sim_weight
         if dual_encoder is not None:
             self.encode_image, self.encode_text, self.dual_params = _external_dual_encoder(dual_encoder)
         else:

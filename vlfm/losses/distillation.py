@@ -1,4 +1,6 @@
-"""Knowledge-distillation losses. Teacher outputs arrive in ``outputs["teacher/<name>"]``.
+"""Knowledge-distillation losses. Teacher outputs arrive in ``outputs["teacher/<name>"]``;
+``teacher="momentum"`` reads the momentum (EMA) model's outputs (``outputs["momentum"]``,
+``config.momentum``) instead.
 
 The trainer runs frozen teachers inside the jitted step under ``stop_gradient`` and puts their
 output dicts next to the student's, so these losses only compare arrays.
@@ -13,6 +15,10 @@ from vlfm.losses.registry import LOSSES
 
 
 def _teacher(outputs: dict, teacher: str) -> dict:
+    if teacher == "momentum":
+        if "momentum" not in outputs:
+            raise KeyError("teacher='momentum' needs the momentum model's outputs: set config.momentum.decay")
+        return outputs["momentum"]
     key = f"teacher/{teacher}"
     if key not in outputs:
         have = sorted(k[len("teacher/"):] for k in outputs if k.startswith("teacher/"))

@@ -3,7 +3,9 @@
 A co-attention layer is a pair of BERT-style post-LN cross layers (``TransformerBlock`` with
 ``cross_attention``): the text layer attends to itself, then to the image tokens; the image layer
 attends to itself, then to the text tokens. Both read the *inputs* of the layer (the other
-modality's input, not its output), as in METER and BridgeTower.
+modality's input, not its output), as in METER and BridgeTower. Without ``exchange`` the two stacks
+are independent cross encoders (R2D2): every text layer attends to the stack's image *input* and every
+image layer to its text input, so neither stream sees the other's cross-modal layers.
 
 BridgeTower adds a bridge (link tower) before every cross-modal layer but the first:
 ``X̂_l = LN(T̃_l + X_{l-1})`` with ``T̃_l`` the projected output of uni-modal layer ``L - N + l``.
@@ -120,6 +122,7 @@ class CoAttentionLayer(nn.Module):
     block: Any  # TransformerBlock fields of both sides
     bridge: str = "none"
     bridge_ln_eps: float = 1e-5
+    exchange: bool = True
     return_attention: bool = False
     deterministic: bool = True
 
@@ -134,8 +137,10 @@ class CoAttentionLayer(nn.Module):
             y = jnp.where(xs["first"], y, bridged("image", y))
         block = dict(self.block, deterministic=self.deterministic, return_attention=self.return_attention)
         text_mask = broadcast["text_mask"]
-        tx = layers.TransformerBlock(name="text_layer", **block)(x, drop_path_rate, key_mask=text_mask, context=y)
-        ty = layers.TransformerBlock(name="image_layer", **block)(y, drop_path_rate, context=x,
+        text_context, image_context = (x, y) if self.exchange else (broadcast["text_input"], broadcast["image_input"])
+        tx = layers.TransformerBlock(name="text_layer", **block)(x, drop_path_rate, key_mask=text_mask,
+                                                                 context=image_context)
+        ty = layers.TransformerBlock(name="image_layer", **block)(y, drop_path_rate, context=text_context,
                                                                    context_mask=text_mask)
         if self.return_attention:
             (tx, text_probs), (ty, image_probs) = tx, ty
@@ -155,12 +160,14 @@ class CoAttentionFusion(FusionStack):
     ``encoder/layer_{i}/...`` unrolled); the bridges keep their own parameters (``{text,image}_link_{i}``)
     and reach the layers as per-layer inputs. The self-attention probabilities of
     ``attention_layers`` are sown into the ``attention`` collection (``encoder/text_probs``,
-    ``encoder/image_probs``). Returns the text and image outputs of the last layer.
+    ``encoder/image_probs``). ``exchange=False`` makes the two stacks independent cross encoders over
+    each other's (fixed) inputs (R2D2). Returns the text and image outputs of the last layer.
     """
 
     bridge: str = "none"
     bridge_ln_eps: float = 1e-5
     input_norm: bool = False
+    exchange: bool = True  # False: independent cross encoders over each other's inputs (R2D2)
     drop_path_rate: float = 0.0
     scan: bool = True
     remat: str = "none"
@@ -179,6 +186,8 @@ class CoAttentionFusion(FusionStack):
         x, y = text[:, 0], image[:, 0]
         if self.input_norm:
             x, y = norm("text_ln")(x), norm("image_ln")(y)
+        if not self.exchange and self.bridge != "none":
+            raise ValueError("independent cross encoders (exchange=False) take no bridge layers")
         bridged = self.bridge != "none" and self.depth > 1
         xs = None
         if bridged:
@@ -190,10 +199,13 @@ class CoAttentionFusion(FusionStack):
                 weights = [weights[0]] + weights  # layer 0 takes no bridge: a placeholder it never uses
                 xs[f"{side}_link"] = jax.tree.map(lambda *w: jnp.stack(w), *weights)
         layer = dict(block=self.block(cross_attention=True), bridge=self.bridge if bridged else "none",
-                     bridge_ln_eps=self.bridge_ln_eps)
+                     bridge_ln_eps=self.bridge_ln_eps, exchange=self.exchange)
         stack = layers.Stack((layers.Segment(self.depth, layer, CoAttentionLayer),), self.drop_path_rate, self.scan,
                              self.remat, attention_layers=tuple(self.attention_layers), name="encoder")
-        return stack((x, y), xs, {"text_mask": text_mask}, train=train)
+        broadcast = {"text_mask": text_mask}
+        if not self.exchange:
+            broadcast.update(text_input=x, image_input=y)
+        return stack((x, y), xs, broadcast, train=train)
 
 
 class MergedFusion(FusionStack):
@@ -331,7 +343,7 @@ class FusionModel(TransformerTower):
         if self.itm != "none":
             text_idx, image_idx, labels = self.itm_pairs(batch, out, batch["text"].shape[0], train)
             pairs = self.fuse(take_rows(text, text_idx), take_rows(image, image_idx), 1, train) if train else plain()
-            out.update(itm_logits=self.itm_head(pairs["pooled"]).astype(jnp.float32), itm_labels=labels,
+            out.update(self.itm_outputs(pairs), itm_labels=labels,
                        **{f"itm_{k}": pairs[k] for k in ("text_tokens", "image_tokens", "text_mask", "image_mask")})
         if self.vqa_answers:
             out["vqa_logits"] = self.vqa_head(plain()["pooled"])
@@ -344,9 +356,17 @@ class FusionModel(TransformerTower):
             out.update({k: plain()[k] for k in ("pooled", "text_tokens", "image_tokens")})
         return out
 
-    def itm_score(self, batch: dict) -> jax.Array:
-        """Match score ``logit(match) - logit(no match)`` of each (image, text) row, for re-ranking."""
+    def itm_outputs(self, fused: dict) -> dict:
+        """ITM logits ``[N, 2]`` of fused pairs: ``itm_logits`` (a model with more ITM heads adds its own)."""
+        return {"itm_logits": self.itm_head(fused["pooled"]).astype(jnp.float32)}
+
+    def itm_scores(self, batch: dict) -> dict:
+        """Each ITM head's match score ``logit(match) - logit(no match)`` of every (image, text) row."""
         image = self.encode_image(batch["image"], False)
         text = self.encode_text(batch["text"], batch.get("text_mask"), False)
-        logits = self.itm_head(self.fuse(text, image, 1, False)["pooled"]).astype(jnp.float32)
-        return logits[:, 1] - logits[:, 0]
+        return {k: v[:, 1] - v[:, 0] for k, v in self.itm_outputs(self.fuse(text, image, 1, False)).items()}
+
+    def itm_score(self, batch: dict) -> jax.Array:
+        """Match score of each (image, text) row, for re-ranking: the mean of the ITM heads' log-odds."""
+        scores = list(self.itm_scores(batch).values())
+        return sum(scores[1:], scores[0]) / len(scores)

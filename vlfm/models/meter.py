@@ -48,6 +48,8 @@ class CoAttentionModel(FusionModel):
     text: Any = None
     fusion: str = "co_attention"
     bridge: str = "none"
+    exchange: bool = True  # False: two independent cross encoders over the towers' outputs (R2D2)
+    pooler: bool = True  # False: ``pooled`` is the two first tokens as they are (R2D2's heads read them)
     input_norm: bool = False
     bridge_ln_eps: float = 1e-5
     num_types: int = 2
@@ -66,6 +68,8 @@ class CoAttentionModel(FusionModel):
             raise ValueError(f"unknown fusion {self.fusion!r}; valid: {', '.join(FUSIONS)}")
         if self.bridge != "none" and self.fusion != "co_attention":
             raise ValueError("bridge layers need fusion='co_attention'")
+        if not self.exchange and self.fusion != "co_attention":
+            raise ValueError("exchange=False (independent cross encoders) needs fusion='co_attention'")
         if self.pair_classes and self.num_types < 3:
             raise ValueError("pair_classes (NLVR2) needs num_types=3: the second image has token type 2")
         bridged = self.bridge != "none"
@@ -86,10 +90,12 @@ class CoAttentionModel(FusionModel):
                      attention_layers=tuple(self.attention_layers))
         if self.fusion == "co_attention":
             self.fusion_layers = CoAttentionFusion(bridge=self.bridge, bridge_ln_eps=self.bridge_ln_eps,
-                                                   input_norm=self.input_norm, **stack, **fusion)
+                                                   input_norm=self.input_norm, exchange=self.exchange, **stack,
+                                                   **fusion)
         else:
             self.fusion_layers = MergedFusion(**stack, **fusion)
-        self.text_pooler, self.image_pooler = proj(), proj()
+        if self.pooler:
+            self.text_pooler, self.image_pooler = proj(), proj()
         if self.contrastive_dim:
             head = lambda: layers.Proj((self.contrastive_dim,), ("embed", "proj"), init_std=self.init_std,  # noqa: E731
                                        dtype=dtype, param_dtype=pdtype)
@@ -122,7 +128,10 @@ class CoAttentionModel(FusionModel):
         types = self.type_embed().astype(text["layers"].dtype)
         x, y = self.fusion_layers(text["layers"] + types[0], image["layers"] + types[image_type], text["mask"],
                                   train=train)
-        pooled = jnp.concatenate([jnp.tanh(self.text_pooler(x[:, 0])), jnp.tanh(self.image_pooler(y[:, 0]))], -1)
+        if self.pooler:
+            pooled = jnp.concatenate([jnp.tanh(self.text_pooler(x[:, 0])), jnp.tanh(self.image_pooler(y[:, 0]))], -1)
+        else:
+            pooled = jnp.concatenate([x[:, 0], y[:, 0]], -1)
         return {"text_tokens": x, "image_tokens": y, "text_mask": text["mask"],
                 "image_mask": jnp.ones(y.shape[:2], bool), "pooled": pooled}
 

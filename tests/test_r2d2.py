@@ -1,0 +1,99 @@
+"""R2D2: independent cross encoders (``exchange=False``), its two ITM heads on the hard-negative pairs, the
+pair scores the re-ranking evaluator can pick, and the configs."""
+
+import re
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlfm.evaluators.fusion import ItmRerankRetrievalEvaluator
+from vlfm.models import build_model
+from vlfm.models.fusion import CoAttentionFusion
+from vlfm.train.config import load_config
+
+TOWERS = dict(
+    image=dict(name="vit", image_size=16, patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, pre_norm=True,
+               patch_bias=False),
+    text=dict(name="bert", vocab_size=40, max_len=12, width=32, depth=2, num_heads=2, mlp_dim=64),
+    width=32, depth=2, num_heads=2, mlp_dim=64, contrastive_dim=16, init_std=None, dropout_rate=0.0,
+    attn_dropout_rate=0.0)
+
+
+def test_independent_cross_encoders_never_see_the_other_stream():
+    """Without exchange, the text stream reads the image *input* at every layer: the image stream's own
+    layers cannot change it (with exchange, layer 1's text layer reads the image layer 0's output)."""
+    r = np.random.default_rng(0)
+    text, image = (jnp.asarray(r.normal(size=(2, 1, n, 16)), jnp.float32) for n in (5, 7))
+    mask = jnp.ones((2, 5), bool)
+    for exchange in (True, False):
+        fusion = CoAttentionFusion(depth=2, num_heads=2, mlp_dim=32, exchange=exchange, scan=False)
+        params = jax.jit(fusion.init)(jax.random.key(0), text, image, mask)
+        flat = flax.traverse_util.flatten_dict(flax.linen.unbox(params["params"]))
+        moved = {"params": flax.traverse_util.unflatten_dict(
+            {k: v + 0.5 if "image_layer" in k else v for k, v in flat.items()})}
+        run = jax.jit(lambda p, i, fusion=fusion: fusion.apply(p, text, i, mask)[0])
+        ref = run(params, image)
+        assert not np.allclose(run(params, 2.0 * image), ref, atol=1e-4)  # the text stream does read the image
+        if exchange:
+            assert not np.allclose(run(moved, image), ref, atol=1e-4)
+        else:
+            np.testing.assert_allclose(run(moved, image), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_r2d2_scores_hard_negative_pairs_with_both_cross_encoders():
+    model = build_model(dict(name="r2d2", fgd=True, **TOWERS))
+    r = np.random.default_rng(0)
+    text = jnp.asarray(r.integers(5, 40, size=(4, 6)), jnp.int32)
+    batch = {"image": jnp.asarray(r.normal(size=(4, 16, 16, 3)), jnp.float32), "text": text,
+             "mlm_text": text.at[:, 2].set(4), "text_mask": jnp.ones((4, 6), jnp.int32),
+             "itm_neg_image": jnp.array([1, 0, 3, 2]), "itm_neg_text": jnp.array([2, 3, 0, 1])}
+    params = jax.jit(lambda b: model.init({"params": jax.random.key(0), "sampling": jax.random.key(1)}, b,
+                                          train=True))(batch)
+    rngs = {"sampling": jax.random.key(1), "dropout": jax.random.key(2)}
+    out = jax.jit(lambda p, b: model.apply(p, b, train=True, rngs=rngs))(params, batch)
+    assert out["itm_logits"].shape == out["itm_image_logits"].shape == (12, 2)
+    np.testing.assert_array_equal(out["itm_labels"], [1] * 4 + [0] * 8)
+    assert {"image_embed", "text_embed", "logit_scale"} <= set(out)
+    # feature-guided distillation: the masked caption's embedding, a different vector from the full one's
+    assert out["fgd_text_embed"].shape == out["text_embed"].shape == (4, 16)
+    assert not np.allclose(out["fgd_text_embed"], out["text_embed"], atol=1e-4)
+    pair = {k: batch[k] for k in ("image", "text", "text_mask")}
+    names = ("itm_score", "itm_score_text", "itm_score_image")
+    scores = jax.jit(lambda p, b: {n: model.apply(p, b, method=lambda m, x, n=n: m.PREDICT[n](m, x)) for n in names})
+    score = {k: np.asarray(v) for k, v in scores(params, pair).items()}
+    np.testing.assert_allclose(score["itm_score"], (score["itm_score_text"] + score["itm_score_image"]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(score["itm_score_text"], score["itm_score_image"])  # two heads, two encoders
+
+
+def test_rerank_evaluator_names_the_valid_scores():
+    with pytest.raises(ValueError, match="itm_score_text"):
+        ItmRerankRetrievalEvaluator({"itm_score": None, "itm_score_text": None}, data={}, score="itm_scor")
+
+
+def test_r2d2_configs_build_and_the_base_count_is_the_docstrings():
+    assert load_config("configs/r2d2_tiny.py").model.name == "r2d2"
+    assert load_config("configs/r2d2_tiny.py:plain").losses.multi_positive_contrastive.alpha == 0.0
+    with pytest.raises(ValueError, match="plain"):
+        load_config("configs/r2d2_tiny.py:tgdd")
+    base = build_model(load_config("configs/r2d2_base.py").model)
+    batch = {"image": jnp.zeros((1, 224, 224, 3)), "text": jnp.zeros((1, 64), jnp.int32)}
+    shapes = jax.eval_shape(lambda: base.init(jax.random.key(0), batch))["params"]
+    count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(flax.linen.unbox(shapes)))
+    with open("configs/r2d2_base.py") as f:
+        stated = re.search(r"cross encoders, ([\d,]+) parameters", f.read())[1]
+    assert count == int(stated.replace(",", "")), count
+
+
+def test_kd_hidden_reads_the_momentum_model_as_teacher():
+    from vlfm.losses.distillation import kd_hidden
+
+    s, t = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]])
+    loss, _ = kd_hidden({"fgd_text_embed": s, "momentum": {"text_embed": t}}, {}, teacher="momentum",
+                        student_key="fgd_text_embed", teacher_key="text_embed", distance="cosine")
+    assert float(loss) == pytest.approx(1.0)  # orthogonal vectors: 1 - cos = 1
+    with pytest.raises(KeyError, match="config.momentum.decay"):
+        kd_hidden({"fgd_text_embed": s}, {}, teacher="momentum", student_key="fgd_text_embed")
