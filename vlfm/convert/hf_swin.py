@@ -90,7 +90,8 @@ def hf_swin_config(c: Mapping[str, Any], num_classes: int = 0, scan: bool = Fals
                  depths=tuple(c["depths"]), num_heads=tuple(c["num_heads"]), window_size=c["window_size"],
                  mlp_ratio=float(c.get("mlp_ratio", 4.0)), qkv_bias=c.get("qkv_bias", True), ln_eps=eps,
                  act=_act(c.get("hidden_act", "gelu")), abs_pos_embed=c.get("use_absolute_embeddings", False),
-                 dropout_rate=c.get("hidden_dropout_prob", 0.0), attn_dropout_rate=c.get("attention_probs_dropout_prob", 0.0),
+                 dropout_rate=c.get("hidden_dropout_prob", 0.0),
+                 attn_dropout_rate=c.get("attention_probs_dropout_prob", 0.0),
                  drop_path_rate=c.get("drop_path_rate", 0.0), init_std=c.get("initializer_range", 0.02),
                  num_classes=num_classes, scan=scan)
     return dict(name="image_classifier", image=tower)

@@ -211,7 +211,8 @@ class ConvEmbed(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         init = layers.kernel_initializer(self.init_std, in_axis=(0, 1, 2), out_axis=3)
         x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                    padding=[((self.kernel - self.stride + 1) // 2,) * 2] * 2, dtype=self.dtype, param_dtype=self.param_dtype,
+                    padding=[((self.kernel - self.stride + 1) // 2,) * 2] * 2, dtype=self.dtype,
+                    param_dtype=self.param_dtype,
                     kernel_init=layers.logical(init, ("patch_h", "patch_w", "channels", "embed")),
                     bias_init=layers.logical(nn.initializers.zeros, ("embed",)), name="conv")(x)
         return layers.layer_norm(self.ln_eps, self.dtype, self.param_dtype, name="norm")(x)
