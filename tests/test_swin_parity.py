@@ -35,8 +35,7 @@ def test_swin_matches_hf_and_round_trips(tmp_path):
     window 4, so the last stage is one unshifted window (HF's rule for a grid no larger than the window)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from vlfm.convert.hf import load_hf
-    from vlfm.convert.hf_swin import save_hf_swin
+    from vlfm.convert.hf import load_hf, save_hf
 
     common = dict(image_size=32, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, drop_path_rate=0.0,
                   attn_implementation="eager")
@@ -60,7 +59,7 @@ def test_swin_matches_hf_and_round_trips(tmp_path):
         else:
             _check("swin classifier logits", out["logits"], ref.logits)
         # export: HF reads the vlfm params back to the same outputs
-        save_hf_swin(cfg, params, tmp_path / f"{name}_export")
+        save_hf(cfg, params, tmp_path / f"{name}_export")  # dispatches to vlfm.convert.hf_swin
         again = type(model).from_pretrained(tmp_path / f"{name}_export", attn_implementation="eager").eval()
         with torch.no_grad():
             want = ref.logits if name == "classifier" else ref.last_hidden_state

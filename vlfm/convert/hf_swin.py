@@ -1,8 +1,9 @@
 """Import and export of HF Swin Transformer checkpoints (``model_type`` ``swin``).
 
 ``SwinModel`` (or ``SwinForImageClassification``, whose keys carry ``swin.`` plus a ``classifier``) becomes an
-``image_classifier`` with a ``swin`` tower (``vlfm.models.swin``); ``save_hf_swin`` writes such a model
-back as ``SwinModel`` / ``SwinForImageClassification``. Files use the Hub's names (``attention.self.query``,
+``image_classifier`` with a ``swin`` tower (``vlfm.models.swin``); ``save_hf_swin`` (which ``save_hf`` and
+``python -m vlfm.convert export`` call for such a model) writes it back as ``SwinModel`` /
+``SwinForImageClassification``. Files use the Hub's names (``attention.self.query``,
 ``attention.output.dense``, ``attention.self.relative_position_bias_table``, ``intermediate.dense``,
 ``output.dense``), which is also what transformers 5's ``save_pretrained`` writes; a file of transformers 5's
 in-memory names (``attention.q_proj`` ..., ``mlp.fc1``) loads too. The ``relative_position_index``
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlfm.convert.hf import (CONFIG_NAME, HF_LOADERS, _act, _expand, _hf_act, _plain, _read_tensors,
+from vlfm.convert.hf import (CONFIG_NAME, HF_LOADERS, HF_SAVERS, _act, _expand, _hf_act, _plain, _read_tensors,
                              flat_params_matching, map_tensors, rows_to_tensors, square_size, write_hf_dir)
 from vlfm.core.tree import strip_boxes
 from vlfm.models import build_model
@@ -181,6 +182,7 @@ def load_hf_swin(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict
     return model, flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
+@HF_SAVERS.register("swin")
 def save_hf_swin(model_config: Mapping[str, Any], params: Any, path: str | os.PathLike,
                  run_record: Mapping[str, Any] | None = None) -> None:
     """Writes ``config.json`` + ``model.safetensors`` that transformers loads as ``SwinModel`` (or
