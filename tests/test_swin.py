@@ -70,7 +70,7 @@ def test_coswin_scanned_pairs_equal_unrolled_blocks_and_shapes():
     assert out["tokens"].shape == (2, 16, 16) and out["grid"] == (4, 4)
     flat = flax.traverse_util.flatten_dict(params, sep="/")
     scanned_params = flax.traverse_util.unflatten_dict(stack_pairs(flat), sep="/")
-    assert scanned_params["stage_0"]["pairs"]["block_0"]["attn"]["rel_pos_table"].shape == (2, 49, 1)
+    assert scanned_params["stage_0"]["pairs"]["block_0"]["attn"]["rel_pos_bias"].shape == (2, 49, 1)
     scanned = build_tower(dict(cfg, scan=True, remat="full", prepend_pooled=True))
     again = jax.jit(scanned.apply)({"params": scanned_params}, images)
     np.testing.assert_allclose(again["tokens"][:, 1:], out["tokens"], rtol=1e-5, atol=1e-5)

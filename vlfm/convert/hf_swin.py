@@ -43,7 +43,7 @@ SWIN_BLOCK = (
     ("attention.self.key", "attn/key", "linear"),
     ("attention.self.value", "attn/value", "linear"),
     ("attention.output.dense", "attn/out", "linear_out"),
-    ("attention.self.relative_position_bias_table", "attn/rel_pos_table", "tensor"),
+    ("attention.self.relative_position_bias_table", "attn/rel_pos_bias", "tensor"),
     ("layernorm_before", "ln1", "norm"),
     ("layernorm_after", "ln2", "norm"),
     ("intermediate.dense", "mlp/fc1", "linear"),

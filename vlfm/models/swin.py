@@ -68,7 +68,8 @@ def shift_mask(grid: tuple[int, int], window: int, shift: int) -> np.ndarray:
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each window of ``x [B, nW, N, C]``, with a relative position bias
-    (parameter ``rel_pos_table [(2w-1)^2, heads]``) and an optional ``[nW, N, N]`` shift mask."""
+    (parameter ``rel_pos_bias [(2w-1)^2, heads]``: its name ends in ``bias``, so the default optimizer leaves
+    it undecayed, as Swin does) and an optional ``[nW, N, N]`` shift mask."""
 
     num_heads: int
     window: int
@@ -90,7 +91,7 @@ class WindowAttention(nn.Module):
                                  param_dtype=self.param_dtype)
         q, k, v = (proj(name=n)(x) for n in ("query", "key", "value"))
         logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32) * head_dim ** -0.5
-        table = self.param("rel_pos_table", layers.logical(nn.initializers.truncated_normal(0.02), ("pos", "heads")),
+        table = self.param("rel_pos_bias", layers.logical(nn.initializers.truncated_normal(0.02), ("pos", "heads")),
                            ((2 * self.window - 1) ** 2, self.num_heads), self.param_dtype)
         index = relative_position_index(self.window)
         bias = jnp.transpose(table.astype(jnp.float32)[index], (2, 0, 1))  # [H, N, N]
