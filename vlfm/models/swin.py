@@ -146,8 +146,8 @@ class SwinBlock(nn.Module):
         if s:
             y = jnp.roll(y, (s, s), axis=(1, 2))
         x = x + branch(y.reshape(x.shape))
-        mlp = layers.Mlp(self.mlp_dim, self.act, self.dropout_rate, self.init_std, self.dtype, self.param_dtype,
-                         name="mlp")
+        mlp = layers.Mlp(self.mlp_dim, act=self.act, dropout_rate=self.dropout_rate, init_std=self.init_std,
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
         x = x + branch(mlp(ln(name="ln2")(x), deterministic=det))
         return nn.with_logical_constraint(x.astype(self.dtype), layers.EMBED_AXES)
 
