@@ -51,7 +51,9 @@ CONFIG_NAME = "config.json"
 # Loaders of other HF model types, ``(path, scan) -> (model config, params)``, which load_hf dispatches to:
 # vlfm.convert.hf_fusion registers ViLT and BridgeTower (importing vlfm.convert registers them all).
 HF_LOADERS: Registry = Registry("HF model_type")
-HF_SAVERS: Registry = Registry("vlfm model with an HF export")  # fusion models: vlfm.convert.hf_fusion
+# Savers by model name (fusion models: vlfm.convert.hf_fusion), or by image tower name for an image_classifier
+# (``swin``: vlfm.convert.hf_swin).
+HF_SAVERS: Registry = Registry("vlfm model with an HF export")
 
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -680,6 +682,10 @@ def save_hf(model_config: Mapping[str, Any], params: Any, path: str | os.PathLik
     model_config = _plain(model_config)
     if model_config.get("name") in HF_SAVERS:
         HF_SAVERS.get(model_config["name"])(model_config, params, path, run_record)
+        return
+    tower = (model_config.get("image") or {}).get("name") if model_config.get("name") == "image_classifier" else None
+    if tower in HF_SAVERS:  # an image classifier whose tower has its own HF class (Swin)
+        HF_SAVERS.get(tower)(model_config, params, path, run_record)
         return
     kind = _checkpoint_kind(model_config)
     hf_config = vlfm_to_hf_config(model_config)

@@ -1,6 +1,6 @@
 """Models: shared layers, modality towers and the top-level models built from them."""
 
-from vlfm.models import text, video, vit  # noqa: F401  (registers the towers)
+from vlfm.models import swin, text, video, vit  # noqa: F401  (registers the towers)
 from vlfm.models import davinci, dual_encoder, ufo, unimodal  # noqa: F401  (registers the models)
 from vlfm.models import meter, vilt  # noqa: F401  (registers the fusion models)
 from vlfm.models import coca  # noqa: F401  (registers the generative models)
