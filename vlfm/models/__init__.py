@@ -8,6 +8,7 @@ from vlfm.models import vlmo  # noqa: F401  (registers VLMo)
 from vlfm.models import polyvit  # noqa: F401  (registers PolyViT)
 from vlfm.models import flava, vlc  # noqa: F401  (registers FLAVA and VLC)
 from vlfm.models import dide  # noqa: F401  (registers the distilled dual encoder)
+from vlfm.models import visual_parsing  # noqa: F401  (registers Visual Parsing)
 from vlfm.models.registry import MODELS, build_model
 from vlfm.models.towers import TOWERS, build_tower
 
