@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         itm=dict(type="itm_accuracy", every=500, split="validation", num_examples=500),
         mlm=dict(type="vl_mlm_accuracy", every=500, split="validation", num_examples=500),
         imf=dict(type="inter_modality_flow", every=500, split="validation", num_examples=500),
+        mfr=dict(type="masked_feature_regression", every=500, split="validation", num_examples=500),
     ))
     c.log_every = 100
     c.checkpoint_every = 500

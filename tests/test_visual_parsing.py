@@ -4,7 +4,9 @@ and the model's MFR pass regresses the backbone features of the masked tokens on
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from vlfm.evaluators import EVALUATORS, feature_regression
 from vlfm.losses import LOSSES
 from vlfm.models import build_model
 from vlfm.models.grouped_masking import centred_cosine, grouped_mask, similarity_groups
@@ -76,3 +78,28 @@ def test_mfr_pass_regresses_features_of_masked_tokens_only():
         source = np.flatnonzero(np.all(np.isclose(target[b], copy[b, i]), axis=-1))
         assert len(source) and not mask[b, source].all()
     assert float(metrics["copy_baseline"]) > 0 and float(metrics["mean_baseline"]) > 0
+
+
+def test_mfr_evaluator_streams_the_errors_and_baselines(monkeypatch):
+    """Over 5 examples in padded batches of 2, the streamed sums equal the whole split's errors at once."""
+    rng = np.random.default_rng(1)
+    target, pred, copy = (rng.normal(size=(5, 4, 3)) for _ in range(3))
+    mask = rng.random((5, 4)) < 0.5
+    mask[:, 0] = True
+
+    def mfr(params, batch):  # row i of the split is the example whose first text token is i
+        i = batch["text"][:, 0]
+        return {"mfr_pred": pred[i], "mfr_target": target[i], "mfr_mask": mask[i], "mfr_copy": copy[i]}
+
+    rows = [(i, {"image": np.zeros((2, 2, 3)), "text": np.array([i, 0]), "text_mask": np.ones(2, bool)})
+            for i in range(5)]
+    monkeypatch.setattr(feature_regression, "eval_examples", lambda bundle, n: iter(rows))
+    data = dict(name="shapes_vl", num_examples=64, image_size=16, max_objects=1, max_len=8)
+    got = dict(EVALUATORS.get("masked_feature_regression")({"mfr": mfr}, data=data, num_examples=5,
+                                                           batch_size=2).run(None))
+    err = lambda p: np.mean(np.square(p - target), -1)[mask].mean()  # noqa: E731
+    assert got["loss"] == pytest.approx(err(pred)) and got["copy_baseline"] == pytest.approx(err(copy))
+    assert got["mean_baseline"] == pytest.approx(err(target[mask].mean(0)))
+    visible = np.stack([target[b][~mask[b]].mean(0) if (~mask[b]).any() else np.zeros(3) for b in range(5)])
+    assert got["visible_mean_baseline"] == pytest.approx(err(visible[:, None]))
+    assert got["masked_fraction"] == pytest.approx(mask.mean())
