@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         init_std=None, mlm=True, itm="random", mfr=True, mfr_ratio=0.25, mfr_top_k=1, mfr_threshold=0.9,
     ))
     c.losses = ml_collections.ConfigDict(dict(
-        masked_xent=dict(weight=1.0), itm=dict(weight=1.0), masked_feature_regression=dict(weight=1.0)))
+        masked_xent=dict(weight=1.0), itm=dict(weight=1.0), masked_feature_regression=dict(weight=10.0)))
     c.data = ml_collections.ConfigDict(dict(name="shapes_vl", num_examples=20_000, image_size=32, max_objects=1,
                                             max_len=16, mlm_prob=0.15, batch_size=64, num_workers=0,
                                             train_split="train"))
