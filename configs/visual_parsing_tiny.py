@@ -16,6 +16,16 @@ unigram baseline) and IMF per layer (``inter_modality_flow``). The training metr
 ``masked_feature_regression/mean_baseline`` (predicting the batch's mean masked feature) and
 ``.../copy_baseline`` (copying the most similar visible token's feature) are the bars the MFR loss must
 get below.
+
+Measured (2-core CPU shared with other jobs, load average about 18, so about 1.1 to 2.7 s/step; 33
+minutes in all), 345,634 parameters, at step 1,000: ITM accuracy 0.921 (0.823 at step 500), MLM accuracy
+0.706 (unigram baseline 0.140), held-out MFR error 0.110 against 0.332 for each image's mean visible
+feature, 0.300 for copying the most similar visible token and 0.863 for the mean feature; IMF of the
+whole stack 0.196 (uniform attention: 0.469). The same weights with random masking
+(``python -m vlfm.evaluate --config configs/visual_parsing_tiny.py --workdir workdirs/visual_parsing_tiny
+--config.model.mfr_top_k=0 --config.model.mfr_threshold=None --evals mfr``): copying the most similar
+visible token errs only 0.031, which grouped masking raises tenfold. With MFR weight 1 the held-out
+MFR error stayed at the visible-mean bar (0.075 against 0.076 at step 577).
 """
 
 import ml_collections
