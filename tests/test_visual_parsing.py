@@ -50,9 +50,10 @@ def test_grouped_masking_masks_near_identical_tokens_together():
 
 def _model(**overrides):
     cfg = dict(name="visual_parsing", image=dict(name="vit", image_size=16, patch_size=4, width=16, depth=1,
-                                                 num_heads=2, mlp_dim=32),
+                                                 num_heads=2, mlp_dim=32, scan=False),
                vocab_size=20, max_text_len=6, width=16, depth=2, num_heads=2, mlp_dim=32, norm="pre",
-               init_std=None, mlm=True, itm="random", mfr=True, mfr_ratio=0.25, mfr_top_k=1, mfr_threshold=0.9)
+               init_std=None, scan=False, mlm=True, itm="random", mfr=True, mfr_ratio=0.25, mfr_top_k=1,
+               mfr_threshold=0.9)
     return build_model(dict(cfg, **overrides))
 
 
