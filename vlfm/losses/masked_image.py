@@ -46,21 +46,34 @@ def mae_pixel(outputs: dict, batch: dict, pred_key: str = "mae_pred", target_key
 @LOSSES.register("masked_feature_regression")
 def masked_feature_regression(outputs: dict, batch: dict, pred_key: str = "mfr_pred",
                               target_key: str = "mfr_target", mask_key: str = "mfr_mask",
-                              distance: str = "l2") -> tuple[jax.Array, dict]:
+                              distance: str = "l2", copy_key: str = "mfr_copy") -> tuple[jax.Array, dict]:
     """Regression of masked tokens' features onto targets taken under ``stop_gradient``.
 
     ``distance``: ``l2`` (mean over features of the squared error) or ``cosine`` (1 - cosine similarity),
-    averaged over positions where ``mask [B, N]`` is True.
+    averaged over positions where ``mask [B, N]`` is True. Metrics, the bars the loss must get below:
+    ``mean_baseline``, the same loss for predicting the mean target of the batch's masked tokens at every
+    masked token; ``visible_mean_baseline``, predicting the mean target of each example's visible
+    (unmasked) tokens; ``copy_baseline`` when the outputs hold ``copy_key`` (a feature per token a model could
+    copy, e.g. the most similar visible token's: Visual Parsing's grouped masking keeps it high).
     """
     get = lambda k: outputs[k] if k in outputs else batch[k]  # noqa: E731
     pred = get(pred_key).astype(jnp.float32)
     target = jax.lax.stop_gradient(get(target_key).astype(jnp.float32))
     if distance == "l2":
-        per = jnp.mean(jnp.square(pred - target), -1)
+        per_token = lambda p: jnp.mean(jnp.square(p - target), -1)  # noqa: E731
     elif distance == "cosine":
         unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-6)  # noqa: E731
-        per = 1.0 - jnp.sum(unit(pred) * unit(target), -1)
+        per_token = lambda p: 1.0 - jnp.sum(unit(p) * unit(target), -1)  # noqa: E731
     else:
         raise ValueError(f"unknown distance {distance!r}; valid: l2, cosine")
     mask = get(mask_key)
-    return _masked_mean(per, mask), {"num_masked": jnp.sum(mask).astype(jnp.float32)}
+    m = mask.astype(jnp.float32)[..., None]
+    mean_target = jnp.sum(target * m, axis=(0, 1)) / jnp.maximum(m.sum(), 1.0)
+    visible = 1.0 - m
+    visible_mean = jnp.sum(target * visible, axis=1, keepdims=True) / jnp.maximum(visible.sum(1, keepdims=True), 1.0)
+    metrics = {"num_masked": jnp.sum(mask).astype(jnp.float32),
+               "mean_baseline": _masked_mean(per_token(jnp.broadcast_to(mean_target, target.shape)), mask),
+               "visible_mean_baseline": _masked_mean(per_token(jnp.broadcast_to(visible_mean, target.shape)), mask)}
+    if copy_key in outputs:
+        metrics["copy_baseline"] = _masked_mean(per_token(outputs[copy_key].astype(jnp.float32)), mask)
+    return _masked_mean(per_token(pred), mask), metrics

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from vlfm.losses import itm as itm_lib
 from vlfm.models import heads, layers
@@ -276,6 +277,7 @@ class FusionModel(TransformerTower):
         "vqa_logits": lambda m, b: m(b)["vqa_logits"],
         "logits": lambda m, b: m(b)["logits"],
         "mlm_logits": lambda m, b: m(b)["mlm_logits"],
+        "joint_attention": lambda m, b: m.joint_attention(b),
     }
 
     def setup_heads(self) -> None:
@@ -355,6 +357,38 @@ class FusionModel(TransformerTower):
         if not train:
             out.update({k: plain()[k] for k in ("pooled", "text_tokens", "image_tokens")})
         return out
+
+    def joint_attention(self, batch: dict) -> dict:
+        """The self-attention of every fused layer over the joint ``[text; image]`` sequence of the
+        batch's own pairs, for analysis (the ``inter_modality_flow`` evaluator).
+
+        Returns ``probs [B, depth, T, T]`` (float32, averaged over heads; row = query, column = key) and
+        ``modality [B, T]`` (int32: 0 text, 1 image, -1 text padding). The fused pass runs again in a
+        copy of the model that sows every layer's probabilities, with these parameters, so the model's
+        own ``attention_layers`` and outputs are untouched. Co-attention fusion (METER's default,
+        BridgeTower) has no joint self-attention: it fails, naming the sown parts it found.
+        """
+        probe = self.clone(parent=None, attention_layers=tuple(range(self.depth)), attention_outputs=("probs",))
+
+        def fused(m, b):
+            text = m.encode_text(b["text"], b.get("text_mask"), False)
+            out = m.fuse(text, m.encode_image(b["image"], False), 1, False)
+            return out["text_mask"], out["image_mask"]
+
+        (text_mask, image_mask), state = probe.apply({"params": self.variables["params"]}, batch, method=fused,
+                                                     mutable=["attention"])
+        sown = traverse_util.flatten_dict(dict(state.get("attention", {})), sep="/")
+        joint = [v for k, v in sown.items() if k.split("/")[-1] == "probs"]
+        if len(joint) != 1 or len(joint[0]) != 1:
+            raise ValueError(f"{type(self).__name__}: joint_attention needs one fused self-attention stack over "
+                             f"[text; image]; the fused pass sowed {sorted(sown) or 'nothing'}")
+        probs = joint[0][0]  # [depth, B, H, T, T]
+        length = text_mask.shape[1] + image_mask.shape[1]
+        if probs.shape[-1] != length:
+            raise ValueError(f"joint attention over {probs.shape[-1]} tokens, but the pair has {length}")
+        modality = jnp.concatenate([jnp.where(text_mask, 0, -1), jnp.where(image_mask, 1, -1)], axis=1)
+        return {"probs": jnp.swapaxes(probs.astype(jnp.float32).mean(axis=2), 0, 1),
+                "modality": modality.astype(jnp.int32)}
 
     def itm_outputs(self, fused: dict) -> dict:
         """ITM logits ``[N, 2]`` of fused pairs: ``itm_logits`` (a model with more ITM heads adds its own)."""
