@@ -144,7 +144,7 @@ class VisualParsing(FusionModel):
         if self.itm != "none":
             text_idx, image_idx, labels = self.itm_pairs(batch, out, batch["text"].shape[0], train)
             pairs = self.fuse(take_rows(text, text_idx), take_rows(image, image_idx), 1, train)
-            out.update(itm_logits=self.itm_head(pairs["pooled"]).astype(jnp.float32), itm_labels=labels,
+            out.update(self.itm_outputs(pairs), itm_labels=labels,
                        **{f"itm_{k}": pairs[k] for k in ("text_tokens", "image_tokens", "text_mask", "image_mask")})
         if not train:
             plain = self.fuse(text, image, 1, train)
