@@ -2,7 +2,7 @@
 
 from vlfm.evaluators import captioning, classification, retrieval, tokens  # noqa: F401  (registers the evaluators)
 from vlfm.evaluators import fusion  # noqa: F401  (registers the fusion-model evaluators)
-from vlfm.evaluators import probe, vqav2, zeroshot  # noqa: F401  (standard protocols)
+from vlfm.evaluators import multilabel, probe, vqav2, zeroshot  # noqa: F401  (standard protocols)
 from vlfm.evaluators.registry import EVALUATORS
 
 __all__ = ["EVALUATORS"]
