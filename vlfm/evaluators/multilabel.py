@@ -84,7 +84,8 @@ class MultiLabelMapEvaluator:
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         def inputs(b):
             if self.targets not in b:
-                raise KeyError(f"multilabel_map: no targets {self.targets!r} in the batch; it has {', '.join(sorted(b))}")
+                raise KeyError(f"multilabel_map: no targets {self.targets!r} in the batch; it has "
+                               f"{', '.join(sorted(b))}")
             return {k: v for k, v in b.items() if k != self.targets}
 
         fns = {"scores": lambda p, b: np.asarray(self.predict(p, inputs(b)), np.float32),
