@@ -11,8 +11,21 @@ Tasks: ``image``: the shapes image-label view (56 colour-shape classes, 32 px, 4
 ``video``: moving shapes (8 direction x speed classes, 8 frames of 32 px, 2x8x8 tubelets); ``audio``:
 built-in sounds (12 pitch x pattern classes, 64 frames x 32 mel bins, 16x16 patches every 16).
 Model: width 64, 4 shared layers, 4 heads, MLP 256; each modality's own tokenizer, class token and
-positions; heads zero-initialised. No figures yet: the co-training against single-task comparison has
-not been run.
+positions; heads zero-initialised; 264,588 parameters co-trained.
+
+Co-training against single-task training (validation accuracy on 500 examples per task, each task 300
+steps at batch 64 in both; measured on 2 CPU cores shared with other jobs, 2026-12-07):
+
+    task    co-trained (900 steps, one model)   alone (300 steps, one model each)   chance
+    image   0.404                               0.320                               0.018
+    video   0.920                               0.350                               0.125
+    audio   1.000                               1.000                               0.083
+
+Co-training helps where a task alone has not learned yet within its share of the steps: the video task,
+which alone stays near its loss at chance for most of its 300 steps, reaches 0.92 when the shared
+encoder also learns from the image and audio steps (PolyViT's finding on its video and audio tasks).
+Wall time: co-training 13 min, alone 3.5 / 7.6 / 2.8 min (image / video / audio; 38 / 109 / 69 s of
+CPU time), all slowed by the other jobs on the machine.
 """
 
 import ml_collections
