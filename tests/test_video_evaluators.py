@@ -115,7 +115,7 @@ def test_video_text_retrieval_and_zero_shot_read_the_videos():
     assert zs["num_classes"] == 8 and zs["num_templates"] == 2
 
 
-def test_the_video_text_config_trains_its_dual_encoder_on_videos_and_evaluates():
+def test_the_video_text_config_evaluates_its_dual_encoder_on_videos():
     """configs/timesformer_clip_tiny.py (shrunk): the dual encoder takes the video tower, and its
     retrieval and zero-shot evaluators run on the model's predict functions."""
     from vlfm.core.sharding import make_mesh
