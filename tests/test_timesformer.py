@@ -28,7 +28,9 @@ def tiny():
     """One tiny divided-attention model, its parameters and a jitted forward (one compile per shape)."""
     model = build_model(dict(name="image_classifier", input_key="video", image=TOWER))
     video = jax.random.normal(jax.random.key(0), (1, 3, 16, 16, 3))
-    params = strip_boxes(jax.jit(model.init)(jax.random.key(1), {"video": video})["params"])
+    shapes = strip_boxes(jax.eval_shape(model.init, jax.random.key(1), {"video": video})["params"])
+    rng = np.random.default_rng(1)  # random values of the right shapes: no compiled init (it costs seconds)
+    params = jax.tree.map(lambda a: rng.normal(0.0, 0.3, a.shape).astype(a.dtype), shapes)
     apply = jax.jit(lambda p, v: model.apply({"params": p}, {"video": v})["tokens"])
     return model, params, apply, video
 
@@ -65,7 +67,8 @@ def test_an_image_is_a_one_frame_clip_and_reads_the_first_time_position(tiny):
 def test_timesformer_parity():
     """HF ``TimesformerModel`` (divided, and joint space-time attention) imported with
     ``python -m vlfm.convert``'s loader: ``last_hidden_state`` within rtol 1e-4 of the jitted vlfm
-    forward, scanned and unrolled; HF's (space, time) token order permuted to vlfm's (time, space)."""
+    forward (divided scanned, joint unrolled); HF's (space, time) token order permuted to vlfm's
+    (time, space)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import tempfile
@@ -76,8 +79,7 @@ def test_timesformer_parity():
     n = (size // patch) ** 2
     video = torch.randn(b, t, 3, size, size)
     with tempfile.TemporaryDirectory() as tmp:
-        for attention, scan in (("divided_space_time", True), ("divided_space_time", False),
-                                ("joint_space_time", True)):
+        for attention, scan in (("divided_space_time", True), ("joint_space_time", False)):
             torch.manual_seed(0)
             hf = transformers.TimesformerModel(transformers.TimesformerConfig(
                 image_size=size, patch_size=patch, num_frames=t, hidden_size=width, num_hidden_layers=2,
