@@ -15,10 +15,11 @@ Model: video 8 frames of 32 px in 8x8 patches (16 per frame, 128 tokens + class)
 Measured (2 CPU cores shared with other jobs, 2026-12-07; 400 steps at batch 64, 1.7 s/step, 12.8 min
 wall, 192 s of CPU time): on 500 validation clips, video->text R@1 / R@5 / R@10 0.018 / 0.108 / 0.234
 and text->video 0.040 / 0.164 / 0.298 (chance R@1 0.002, R@10 0.02); zero-shot classification of
-motion (8 direction x speed prompts) 0.116, top-5 0.630 (chance 0.125 / 0.625). The captions are
-learned from appearance (colour and shape) first: after 400 steps motion is not yet told apart, so the
-zero-shot prompts, which name only the motion, stay at chance. ``python -m vlfm.evaluate`` on the
-run's workdir gives the same figures to the last digit.
+motion (8 direction x speed prompts) 0.116, top-5 0.630 (chance 0.125 / 0.625): retrieval is well
+above chance while the prompts, which name only the motion, are at chance, so what the model matches
+after 400 steps is presumably the captions' colour and shape words (not checked separately); motion
+needs a longer run. ``python -m vlfm.evaluate`` on the run's workdir gives the same figures to the last
+digit.
 """
 
 import ml_collections
