@@ -11,8 +11,23 @@ Tasks: ``image``: the shapes image-label view (56 colour-shape classes, 32 px, 4
 ``video``: moving shapes (8 direction x speed classes, 8 frames of 32 px, 2x8x8 tubelets); ``audio``:
 built-in sounds (12 pitch x pattern classes, 64 frames x 32 mel bins, 16x16 patches every 16).
 Model: width 64, 4 shared layers, 4 heads, MLP 256; each modality's own tokenizer, class token and
-positions; heads zero-initialised. No figures yet: the co-training against single-task comparison has
-not been run.
+positions; heads zero-initialised; 264,588 parameters co-trained.
+
+Co-training against single-task training (validation accuracy on 500 examples per task, each task 300
+steps at batch 64 in both; measured on 2 CPU cores shared with other jobs, 2026-12-07):
+
+    task    co-trained (900 steps, one model)   alone (300 steps, one model each)   chance
+    image   0.404                               0.320                               0.018
+    video   0.920                               0.350                               0.125
+    audio   1.000                               1.000                               0.083
+
+Co-training helps where a task alone learns slowly within its share of the steps: the video task alone
+stays at its chance loss (ln 8 = 2.08) for the first 150 of its 300 steps (2.10, 2.07, 1.99 at steps
+50, 100, 150; 1.56 at 300) and reaches 0.35; co-trained, with the shared encoder also learning from the
+image and audio steps, it reaches 0.92 (PolyViT reports co-training gains on its video and audio tasks).
+One seed each: the single-task runs also have their own 300-step learning-rate schedule.
+Wall time: co-training 13 min, alone 3.5 / 7.6 / 2.8 min (image / video / audio; 38 / 109 / 69 s of
+CPU time), all slowed by the other jobs on the machine.
 """
 
 import ml_collections

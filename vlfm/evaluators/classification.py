@@ -13,26 +13,99 @@ from vlfm.evaluators.predict import predict_split
 from vlfm.evaluators.registry import EVALUATORS
 
 
+def view_starts(length: int, size: int, count: int) -> list[int]:
+    """Starts of ``count`` windows of ``size`` spread evenly over ``length`` (first at 0, last at the end;
+    one window: centred), as ViViT's and TimeSformer's multi-view tests place their clips and crops."""
+    if size > length:
+        raise ValueError(f"a view of {size} does not fit in {length}")
+    if count == 1:
+        return [(length - size) // 2]
+    return [int(round(s)) for s in np.linspace(0, length - size, count)]
+
+
+def clip_views(video: np.ndarray, frames: int | None, temporal: int, crop: int | None,
+               spatial: int) -> list[np.ndarray]:
+    """The views of a batch of videos ``[B, T, H, W, C]``: ``temporal`` clips of ``frames`` consecutive
+    frames (evenly spaced), each cut into ``spatial`` square crops of ``crop`` (1: the centre; 3: the
+    start, centre and end of the longer side, the shorter centred), in (clip, crop) order."""
+    if video.ndim != 5:
+        raise ValueError(f"multi-view classification takes videos [batch, frames, height, width, channels], "
+                         f"got shape {video.shape}")
+    _, t, h, w, _ = video.shape
+    frames = t if frames is None else frames
+    crop = min(h, w) if crop is None else crop
+    if crop > min(h, w):
+        raise ValueError(f"crop_size {crop} is larger than the frames ({h}x{w})")
+    along_h = h > w
+    long_starts = view_starts(h if along_h else w, crop, spatial)
+    short_start = view_starts(w if along_h else h, crop, 1)[0]
+    views = []
+    for s in view_starts(t, frames, temporal):
+        clip = video[:, s:s + frames]
+        for ls in long_starts:
+            y, x = (ls, short_start) if along_h else (short_start, ls)
+            views.append(clip[:, :, y:y + crop, x:x + crop])
+    return views
+
+
 @EVALUATORS.register("classification")
 class ClassificationEvaluator:
     """Top-1 accuracy of ``predict_fns[predict]`` (default ``logits``; PolyViT: ``logits/<task>``) against
-    ``label`` on a held-out split."""
+    ``label`` on a held-out split.
+
+    Multi-view video evaluation (ViViT, TimeSformer): with ``views > 1`` or ``spatial_crops > 1`` each
+    video ``batch[input_key]`` ``[B, T, H, W, C]`` (read long: the data's ``num_frames`` is the span the
+    views cover) is cut into ``views`` clips of ``view_frames`` consecutive frames, evenly spaced over
+    it, each into ``spatial_crops`` (1 or 3) crops of ``crop_size`` (``clip_views``); the model runs on
+    every view (one batch shape: each view is a batch of its own) and its logits are averaged over the
+    views. Metrics then also give ``single_view_accuracy``: the centre clip's centre crop alone, and
+    ``num_views``."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
-                 num_examples: int | None = None, batch_size: int = 256, predict: str = "logits"):
+                 num_examples: int | None = None, batch_size: int = 256, predict: str = "logits", views: int = 1,
+                 view_frames: int | None = None, spatial_crops: int = 1, crop_size: int | None = None,
+                 input_key: str = "video"):
         if predict not in predict_fns:
             raise KeyError(f"classification: the model has no predict function {predict!r}; it has "
                            f"{', '.join(sorted(predict_fns))}")
+        if views < 1 or spatial_crops not in (1, 3):
+            raise ValueError(f"classification: views must be >= 1 and spatial_crops 1 or 3, got {views} and "
+                             f"{spatial_crops}")
+        if views > 1 and view_frames is None:
+            raise ValueError("classification: views > 1 needs view_frames (the frames of each clip)")
+        self.multi_view = views > 1 or spatial_crops > 1 or view_frames is not None or crop_size is not None
         self.predict = predict_fns[predict]
         self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
+        self.views, self.view_frames, self.spatial_crops, self.crop_size = views, view_frames, spatial_crops, crop_size
+        self.input_key = input_key
+
+    def _view_logits(self, p: Any, b: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Logits of every view, ``[views * crops, B, classes]``."""
+        if self.input_key not in b:
+            raise KeyError(f"classification: multi-view needs the videos under input_key={self.input_key!r}; the "
+                           f"batch has {', '.join(sorted(b))}")
+        rest = {k: v for k, v in b.items() if k not in ("label", self.input_key)}
+        return np.stack([np.asarray(self.predict(p, dict(rest, **{self.input_key: v}))) for v in
+                         clip_views(b[self.input_key], self.view_frames, self.views, self.crop_size,
+                                    self.spatial_crops)])
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         def predicted(p, b):
             return np.argmax(self.predict(p, {k: v for k, v in b.items() if k != "label"}), -1)
 
-        out = predict_split({"predicted": predicted, "label": lambda p, b: b["label"]}, params,
-                            eval_examples(self.bundle, self.num_examples), self.batch_size)
-        yield "accuracy", float(np.mean(out["predicted"] == out["label"]))
+        def multi(p, b):
+            logits = self._view_logits(p, b).astype(np.float32)
+            centre = (self.views // 2) * self.spatial_crops + self.spatial_crops // 2
+            return {"predicted": np.argmax(logits.mean(0), -1), "single": np.argmax(logits[centre], -1)}
+
+        fns = {"out": multi if self.multi_view else predicted, "label": lambda p, b: b["label"]}
+        out = predict_split(fns, params, eval_examples(self.bundle, self.num_examples), self.batch_size)
+        if not self.multi_view:
+            yield "accuracy", float(np.mean(out["out"] == out["label"]))
+            return
+        yield "accuracy", float(np.mean(out["out"]["predicted"] == out["label"]))
+        yield "single_view_accuracy", float(np.mean(out["out"]["single"] == out["label"]))
+        yield "num_views", float(self.views * self.spatial_crops)
 
 
 @EVALUATORS.register("mlm_accuracy")

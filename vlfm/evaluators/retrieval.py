@@ -13,6 +13,14 @@ from vlfm.evaluators.predict import predict_all, predict_split
 from vlfm.evaluators.registry import EVALUATORS
 
 
+def media(batch: Mapping[str, Any], input_key: str) -> dict[str, Any]:
+    """``{input_key: batch[input_key]}``: what an ``encode_image`` predict function reads (images, or
+    videos for a video tower), failing with the batch's keys when the data has none."""
+    if input_key not in batch:
+        raise KeyError(f"no {input_key!r} in the evaluation batch (input_key); it has {', '.join(sorted(batch))}")
+    return {input_key: batch[input_key]}
+
+
 def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
     """Recall@k as ``r{k}``: row i's correct column is i; R@k is the share of rows whose correct column ranks
     in the top k. Ties count against the model: the rank is the number of other columns scoring at least as
@@ -65,11 +73,13 @@ class MultiCaptionRetrievalEvaluator:
     ``t2i_r1/5/10``, ``i2t_mean`` / ``t2i_mean`` (mean of the three), ``mean_recall`` (mean of all six,
     ALBEF's ``r_mean``), ``rsum`` (the sum of all six in percent, as VSE++-style tables report it; at
     most 600), ``num_images``, ``num_captions`` and ``chance_r1`` (1 / images, both ways).
+
+    ``input_key``: the batch key of what ``encode_image`` encodes (``video`` for a video-text dual encoder).
     """
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
                  num_examples: int | None = None, batch_size: int = 256, captions_per_image: int | None = 5,
-                 view: str | None = "captions"):
+                 view: str | None = "captions", input_key: str = "image"):
         if captions_per_image is not None and captions_per_image < 1:
             raise ValueError(f"captions_per_image must be >= 1 or None (all), got {captions_per_image}")
         self.encode_image = predict_fns["encode_image"]
@@ -80,9 +90,10 @@ class MultiCaptionRetrievalEvaluator:
                              f"(karpathy_captions with a text spec, or shapes); {self.bundle.name} has "
                              f"{', '.join(sorted(self.bundle.info))}")
         self.num_examples, self.batch_size, self.captions_per_image = num_examples, batch_size, captions_per_image
+        self.input_key = input_key
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        out = predict_split({"zi": lambda p, b: self.encode_image(p, {"image": b["image"]}),
+        out = predict_split({"zi": lambda p, b: self.encode_image(p, media(b, self.input_key)),
                              "index": lambda p, b: b["index"]}, params,
                             eval_examples(self.bundle, self.num_examples), self.batch_size)
         info = self.bundle.info
@@ -108,16 +119,19 @@ class MultiCaptionRetrievalEvaluator:
 
 @EVALUATORS.register("retrieval")
 class RetrievalEvaluator:
-    """Image->text and text->image recall over held-out pairs (one caption per image)."""
+    """Image->text and text->image recall over held-out pairs (one caption per image). ``input_key``: the
+    batch key of what ``encode_image`` encodes (``video`` for video-text retrieval: R@1/5/10 of clips
+    and captions, ``i2t`` being video to text)."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
-                 num_examples: int | None = None, batch_size: int = 256):
+                 num_examples: int | None = None, batch_size: int = 256, input_key: str = "image"):
         self.encode_image = predict_fns["encode_image"]
         self.encode_text = predict_fns["encode_text"]
         self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
+        self.input_key = input_key
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
-        fns = {"zi": lambda p, b: self.encode_image(p, {"image": b["image"]}),
+        fns = {"zi": lambda p, b: self.encode_image(p, media(b, self.input_key)),
                "zt": lambda p, b: self.encode_text(p, {"text": b["text"], "text_mask": b["text_mask"]})}
         out = predict_split(fns, params, eval_examples(self.bundle, self.num_examples), self.batch_size)
         sim = out["zi"].astype(np.float32) @ out["zt"].astype(np.float32).T

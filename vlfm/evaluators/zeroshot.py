@@ -12,6 +12,7 @@ from vlfm.data.tokenizers import build_tokenizer
 from vlfm.evaluators.imagenet_metadata import CLIP_IMAGENET_TEMPLATES, IMAGENET_CLASS_NAMES
 from vlfm.evaluators.predict import predict_all, predict_split
 from vlfm.evaluators.registry import EVALUATORS
+from vlfm.evaluators.retrieval import media
 
 CLASS_NAME_SETS: dict[str, Sequence[str]] = {"imagenet": IMAGENET_CLASS_NAMES}
 # The 7 of the 80 that CLIP's prompt-engineering notebook recommends.
@@ -57,7 +58,9 @@ class ClipZeroShotEvaluator:
     ``info["class_prompts"]``, e.g. the shapes data's, with ``class_names="data"``). ``tokenizer``:
     ``build_tokenizer`` kwargs when the data has no text field (TFDS ``imagenet2012``); ``max_len``
     defaults to the data's, else 77. ``view``: the data view (the shapes ``image_label`` view by
-    default; None for datasets without views).
+    default; None for datasets without views). ``input_key``: the batch key ``encode_image`` encodes
+    (``video`` for zero-shot video classification, e.g. the ``moving_shapes`` ``video_label`` view with
+    its own class names and prompts).
 
     Metrics: ``accuracy`` (top-1), ``top5_accuracy`` (ties count against the model), ``chance``
     (1 / classes), ``num_classes``, ``num_templates``.
@@ -67,8 +70,9 @@ class ClipZeroShotEvaluator:
                  num_examples: int | None = None, batch_size: int = 256,
                  class_names: str | Sequence[str] = "data", templates: str | Sequence[str] = "clip_imagenet",
                  tokenizer: Mapping[str, Any] | None = None, max_len: int | None = None,
-                 view: str | None = "image_label"):
+                 view: str | None = "image_label", input_key: str = "image"):
         self.encode_image = predict_fns["encode_image"]
+        self.input_key = input_key
         self.encode_text = predict_fns["encode_text"]
         self.bundle = build_dataset(dict(data) if view is None else dict(data, view=view), split)
         info = self.bundle.info
@@ -119,7 +123,7 @@ class ClipZeroShotEvaluator:
         zt = predict_all(self.encode_text, params, self.prompts, self.batch_size)
         zt = np.asarray(zt, np.float32).reshape(self.num_classes, self.num_templates, -1)
         classes = ensemble_class_embeddings(zt)
-        out = predict_split({"zi": lambda p, b: self.encode_image(p, {"image": b["image"]}),
+        out = predict_split({"zi": lambda p, b: self.encode_image(p, media(b, self.input_key)),
                              "label": lambda p, b: b["label"]}, params,
                             eval_examples(self.bundle, self.num_examples), self.batch_size)
         logits = _unit(out["zi"].astype(np.float32)) @ classes.T

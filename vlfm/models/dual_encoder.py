@@ -25,11 +25,13 @@ class DualEncoder(nn.Module):
 
     The temperature is ``exp(logit_scale)`` (CLIP init ``log(1/0.07)``, SigLIP ``log(10)``), capped at
     ``max_logit_scale`` (open_clip caps at 100). ``logit_bias_init`` adds SigLIP's learnable bias.
-    Projections have no bias, as in CLIP.
+    Projections have no bias, as in CLIP. ``input_key``: the batch key the image tower reads (``video``
+    for a video tower: ``video_vit``, a video-text dual encoder; the outputs keep their names).
     """
 
     image: Any
     text: Any
+    input_key: str = "image"
     embed_dim: int = 512
     logit_scale_init: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
@@ -40,7 +42,7 @@ class DualEncoder(nn.Module):
 
     # Functions of (module, batch) that evaluators may call, by name.
     PREDICT = {
-        "encode_image": lambda m, b: m.encode_image(b["image"]),
+        "encode_image": lambda m, b: m.encode_image(b[m.input_key]),
         "encode_text": lambda m, b: m.encode_text(b["text"], b.get("text_mask")),
     }
 
@@ -66,7 +68,7 @@ class DualEncoder(nn.Module):
 
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
         out = {
-            "image_embed": self.encode_image(batch["image"], train),
+            "image_embed": self.encode_image(batch[self.input_key], train),
             "text_embed": self.encode_text(batch["text"], batch.get("text_mask"), train),
             "logit_scale": jnp.exp(jnp.minimum(self.logit_scale, self.max_logit_scale)),
         }

@@ -95,13 +95,18 @@ class VisionTransformer(TransformerTower):
         spectrogram patches) replace this and keep everything after it."""
         return patch_embeddings(self, images, train=train)
 
+    def encode(self, x: jax.Array, images: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
+        """The layer stack over the input tokens (``run_encoder``); towers whose layers depend on the
+        input's layout (divided space-time attention needs the number of frames) replace this."""
+        return run_encoder(self, x, norm="pre", train=train)
+
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict:
         dtype, pdtype = self.dtypes
         if self.norm_hidden and not (self.collect_hidden and self.final_norm):
             raise ValueError("norm_hidden needs collect_hidden=True and final_norm=True")
         x, n_prefix = self.embed(images, train=train)
-        out, outputs = run_encoder(self, x, norm="pre", train=train)
+        out, outputs = self.encode(x, images, train=train)
         outputs["encoded"] = out
         if self.final_norm:
             ln_final = layers.layer_norm(self.ln_eps, dtype, pdtype, name="ln_final")
