@@ -35,6 +35,7 @@ from vlfm.train import aot, distributed
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import has_source, init_params_from
+from vlfm.train.input_feed import DataWait
 from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
@@ -236,11 +237,14 @@ class _Loop:
         # Multi-process CPU runs with a too small CPU thread pool deadlock when steps are queued
         # asynchronously (vlfm.train.distributed); block on each step there. Accelerators stay asynchronous.
         block_each_step = distributed.must_block_each_step()
+        data_wait = DataWait()
         for step in range(start_step, total):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
             kind = self.schedule.tasks_at(step)
+            fetch_start = time.perf_counter()
             batches = {name: to_global(self.data_it.next(name), self.mesh) for name in kind}
+            data_wait.add(time.perf_counter() - fetch_start)
             state, metrics = self.step_fns[kind](state, batches, self.teacher_params)
             done = step + 1
             if block_each_step:
@@ -258,6 +262,7 @@ class _Loop:
                 jax.block_until_ready(metrics)
                 log.info("first step (compile + run) done")
                 last_time = time.perf_counter()
+                data_wait.reset()
             else:
                 window["steps"] += 1
                 window["flops"] += sum(self.task_flops[n] for n in kind)
@@ -271,13 +276,15 @@ class _Loop:
                     step_time = elapsed / window["steps"]
                     per_device = window["flops"] / elapsed / jax.device_count()
                     host.update(step_time=step_time, examples_per_second=window["examples"] / elapsed,
-                                tflops_per_device=per_device / 1e12, mfu=per_device / self.peak)
+                                tflops_per_device=per_device / 1e12, mfu=per_device / self.peak,
+                                **data_wait.report(window["steps"], elapsed))
                 if len(self.step_fns) > 1:
                     host.update({f"steps/{n}": c for n, c in task_counts.items()})
                 for name, it in self.data_it.iterators.items():  # bad-data and mixing counters (data/...)
                     prefix = "" if len(self.data_it.iterators) == 1 else f"{name}/"
                     host.update({prefix + k: v for k, v in it.stats().items()})
                 last_time, window = now, {"steps": 0, "flops": 0.0, "examples": 0}
+                data_wait.reset()
                 results.update(self.writer.write(done, {f"train/{k}": v for k, v in host.items()}))
                 _log_line(done, total, host)
             eval_params = state["ema_params" if config.eval_with_ema else "params"]
@@ -286,6 +293,7 @@ class _Loop:
                 results.update(self.writer.write(done, eval_metrics))
                 log.info("step %d eval: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
                 last_time, window = time.perf_counter(), {"steps": 0, "flops": 0.0, "examples": 0}
+                data_wait.reset()
             if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
                 _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
             checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done, **record},
@@ -325,6 +333,7 @@ def _log_line(step: int, total: int, m: Mapping[str, Any]) -> None:
     if "step_time" in m:
         parts += [f"{m['step_time']:.3f} s/step", f"{m['examples_per_second']:.0f} ex/s",
                   f"{m['tflops_per_device']:.3g} TFLOP/s/device", f"MFU {100 * m['mfu']:.1f}%",
+                  f"data wait {1000 * m['data_wait_s']:.1f} ms/step ({100 * m['data_wait_fraction']:.0f}%)",
                   f"ETA {format_duration((total - step) * m['step_time'])}"]
     parts.append(f"lr {float(m['learning_rate']):.3g}")
     log.info(" | ".join(parts))
