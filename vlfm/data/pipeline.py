@@ -32,7 +32,8 @@ from vlfm.registry import Registry
 
 DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
 # Keys of a data config that configure the pipeline, not the dataset factory.
-PIPELINE_KEYS = ("batch_size", "num_workers", "seed", "eval_split", "eval_examples", "train_split", "weight")
+PIPELINE_KEYS = ("batch_size", "num_workers", "seed", "eval_split", "eval_examples", "train_split", "weight",
+                 "prefetch_to_device")
 
 
 class DatasetBundle:

@@ -35,7 +35,7 @@ from vlfm.train import aot, distributed
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import has_source, init_params_from
-from vlfm.train.input_feed import DataWait
+from vlfm.train.input_feed import InputFeed
 from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
@@ -237,15 +237,16 @@ class _Loop:
         # Multi-process CPU runs with a too small CPU thread pool deadlock when steps are queued
         # asynchronously (vlfm.train.distributed); block on each step there. Accelerators stay asynchronous.
         block_each_step = distributed.must_block_each_step()
-        data_wait = DataWait()
+        feed = InputFeed(self.data_it, self.schedule.tasks_at, lambda name, batch: to_global(batch, self.mesh),
+                         start_step=start_step, total_steps=total, prefetch=int(config.data.get("prefetch_to_device", 2)))
+        data_wait = feed.wait
         for step in range(start_step, total):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
             kind = self.schedule.tasks_at(step)
-            fetch_start = time.perf_counter()
-            batches = {name: to_global(self.data_it.next(name), self.mesh) for name in kind}
-            data_wait.add(time.perf_counter() - fetch_start)
+            batches = feed.batches(step)
             state, metrics = self.step_fns[kind](state, batches, self.teacher_params)
+            feed.fill()  # the next steps' batches go to the devices while this one runs
             done = step + 1
             if block_each_step:
                 jax.block_until_ready(metrics)
@@ -280,9 +281,10 @@ class _Loop:
                                 **data_wait.report(window["steps"], elapsed))
                 if len(self.step_fns) > 1:
                     host.update({f"steps/{n}": c for n, c in task_counts.items()})
-                for name, it in self.data_it.iterators.items():  # bad-data and mixing counters (data/...)
-                    prefix = "" if len(self.data_it.iterators) == 1 else f"{name}/"
-                    host.update({prefix + k: v for k, v in it.stats().items()})
+                data_stats = feed.stats()  # bad-data and mixing counters (data/...) of the consumed batches
+                for name, stats in data_stats.items():
+                    prefix = "" if len(data_stats) == 1 else f"{name}/"
+                    host.update({prefix + k: v for k, v in stats.items()})
                 last_time, window = now, {"steps": 0, "flops": 0.0, "examples": 0}
                 data_wait.reset()
                 results.update(self.writer.write(done, {f"train/{k}": v for k, v in host.items()}))
@@ -296,7 +298,7 @@ class _Loop:
                 data_wait.reset()
             if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
                 _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
-            checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done, **record},
+            checkpointer.save(done, state, data_iterator=feed, meta={"step": done, **record},
                               force=done == total)
             if checkpointer.should_stop(done):
                 log.warning("preemption signal received: saved step %d and stopping", done)
