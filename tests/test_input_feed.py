@@ -68,3 +68,77 @@ def test_prefetched_batches_are_read_again_after_a_resume():
             np.testing.assert_array_equal(got[name]["text"], expected[step][name]["text"])
     assert not resumed._ahead  # nothing fetched past the last step
     assert resumed.stats() == {name: it.stats() for name, it in resumed_its.iterators.items()}
+
+
+def _image_record(size=12, seed=0):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return {"png": buf.getvalue(), "frames": np.random.default_rng(seed + 1).integers(0, 256, (5, size, size, 3),
+                                                                                     dtype=np.uint8)}
+
+
+def test_uint8_images_normalised_in_the_step_equal_the_host_normalised_floats():
+    """Images leave the host uint8 (a quarter of the bytes); what the model reads after the step's
+    normalisation equals the old host pipeline's float32 (shapes, a second image, CLIP statistics, video)."""
+    import flax.linen as nn
+    import grain
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from vlfm.data import DatasetBundle, build_dataset, train_iterator
+    from vlfm.data.preprocess import build_processor
+    from vlfm.data.video import VideoField  # noqa: F401  (registers the video field)
+    from vlfm.optim.combine import sum_gradients
+    from vlfm.train.step import make_train_step
+    from vlfm.train.tasks import Task
+
+    processor = build_processor("files", True, image=dict(key="png", size=8, train_crop="random_resized_crop",
+                                                          flip=True, mean_std="clip"),
+                                video=dict(key="frames", num_frames=3, image=dict(size=8, mean_std="imagenet")))
+    records = grain.MapDataset.source([_image_record(seed=s) for s in range(4)])
+    bundles = {"files": DatasetBundle(records, processor, processor.info()),
+               "shapes": build_dataset(dict(name="shapes", num_examples=64, image_size=8, max_len=8), "train"),
+               "nlvr2": build_dataset(dict(name="shapes_nlvr2", num_examples=64, image_size=8), "train")}
+    expected_keys = {"files": {"image", "video"}, "shapes": {"image"}, "nlvr2": {"image", "image2"}}
+
+    class Seen(nn.Module):  # returns what it reads, so the loss sees the model's input
+        keys: tuple
+
+        @nn.compact
+        def __call__(self, batch, train=False):
+            w = self.param("w", jax.nn.initializers.ones, ())
+            return {k: w * batch[k] for k in self.keys}
+
+    for name, bundle in bundles.items():
+        assert set(bundle.normalization) == expected_keys[name], name
+        host = next(train_iterator(bundle, global_batch_size=4, seed=3))
+        raw = next(train_iterator(bundle, global_batch_size=4, seed=3, normalize=False))
+        keys = tuple(sorted(expected_keys[name]))
+        for k in keys:
+            assert raw[k].dtype == np.uint8 and host[k].dtype == np.float32
+            assert raw[k].nbytes * 4 == host[k].nbytes
+        # The step normalises: its loss reads the model's outputs, which are the model's inputs.
+        model = Seen(keys)
+
+        def loss(outputs, batch, _keys=keys):
+            return sum(jnp.sum(outputs[k]) for k in _keys), {k: outputs[k] for k in _keys}
+
+        task = Task("main", bundle, 4, loss)
+        params = {"w": jnp.ones(())}
+        tx = optax.chain(sum_gradients(), optax.sgd(0.0))
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        step = jax.jit(make_train_step(model, [task], tx, lambda s: 0.0, seed=0))
+        batch = {k: raw[k] for k in keys}
+        _, metrics = step(state, {"main": batch}, {})
+        for k in keys:
+            np.testing.assert_allclose(np.asarray(metrics[f"main/{k}"]), host[k], rtol=0, atol=1e-6, err_msg=f"{name}/{k}")
+            assert np.abs(host[k]).max() > 0.5  # real images, not zeros
+

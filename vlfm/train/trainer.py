@@ -100,7 +100,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
         for task in tasks:
             if momentum.runs_for(task.name):
                 momentum.check_batch_size(task.name, task.batch_size)
-    data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0))
+    on_device = bool(config.data.get("normalize_on_device", True))  # uint8 images, normalised in the step
+    data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0),
+                              normalize_on_device=on_device)
     examples = {t.name: t.example() for t in tasks}
     teacher_example = {}  # teachers are built from one example holding every task's keys
     for example in examples.values():
@@ -129,7 +131,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
                                            teacher_params, momentum, abstract.get("momentum")) for t in tasks}
         if dry_run:
             log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
-            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh)
+            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh, on_device)
             report["num_params"] = float(n_params)
             writer.close()
             return report
@@ -186,7 +188,8 @@ def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTran
     return state
 
 
-def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
+def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh,
+             normalize_on_device: bool) -> dict[str, float]:
     """Compiles every step kind ahead of time; reports the largest per-device memory."""
     report: dict[str, float] = {}
     for kind, fn in step_fns.items():
@@ -195,7 +198,7 @@ def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_pa
             task = tasks_by_name[name]
             batches[name] = {k: jax.ShapeDtypeStruct((task.batch_size, *np.shape(v)), np.asarray(v).dtype,
                                                      sharding=batch_sharding(mesh, 1 + np.ndim(v)))
-                             for k, v in task.example().items()}
+                             for k, v in task.example(normalize=not normalize_on_device).items()}
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
