@@ -142,3 +142,36 @@ def test_uint8_images_normalised_in_the_step_equal_the_host_normalised_floats():
             np.testing.assert_allclose(np.asarray(metrics[f"main/{k}"]), host[k], rtol=0, atol=1e-6, err_msg=f"{name}/{k}")
             assert np.abs(host[k]).max() > 0.5  # real images, not zeros
 
+
+
+def test_only_the_keys_model_and_losses_read_go_to_the_devices():
+    import pytest
+
+    from vlfm.data import build_dataset
+    from vlfm.losses import combined_loss
+    from vlfm.models import build_model
+    from vlfm.train.batch_keys import check_available, name_undeclared_key, needed_keys, select
+
+    model = build_model(dict(name="dual_encoder", embed_dim=8, image=dict(name="vit", image_size=8, patch_size=4),
+                             text=dict(name="text_transformer", vocab_size=64)))  # clip_tiny's families
+    clip_loss = combined_loss({"softmax_contrastive": {"weight": 1.0}})
+    example = build_dataset(dict(name="shapes", num_examples=64, image_size=8, max_len=8), "train").example()
+    assert {"label", "shape", "color", "size", "position"} <= set(example)  # the shapes pairs carry them all
+
+    needed = needed_keys(model, None, clip_loss)
+    assert needed == {"image", "text", "text_mask"}
+    check_available("main", needed, example)
+    assert set(select(example, needed)) == {"image", "text", "text_mask"}
+    # Nothing declared (a loss reading the batch, a teacher, another method): every key goes.
+    assert needed_keys(model, None, combined_loss({"softmax_contrastive": {}, "softmax_xent": {}})) is None
+    assert needed_keys(model, None, clip_loss, reads_batch_elsewhere=True) is None
+    assert needed_keys(model, "encode_image", clip_loss) is None
+    assert select(example, None).keys() == example.keys()
+
+    # A key the model reads that the data lacks fails at start-up, naming it.
+    with pytest.raises(KeyError, match=r"task 'main': the model and losses read batch keys \['text_mask'\]"):
+        check_available("main", needed, {k: v for k, v in example.items() if k != "text_mask"})
+    # A key read but left on the host (an incomplete declaration) is named with the task, never a bare KeyError.
+    with pytest.raises(KeyError, match=r"task 'main'.*batch key 'label', which stays on the host"):
+        name_undeclared_key(KeyError("label"), {"main": ["color", "label"]})
+    name_undeclared_key(KeyError("other"), {"main": ["label"]})  # any other KeyError is left as it is

@@ -32,6 +32,7 @@ from vlfm.core.sharding import batch_sharding, data_parallel_size, make_mesh, ru
 from vlfm.core.tree import count_params
 from vlfm.core.workdir_lock import LeaseLock, LocalLock, WorkdirInUseError, lock_workdir
 from vlfm.train import aot, distributed
+from vlfm.train.batch_keys import check_available, name_undeclared_key, needed_keys, select
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import has_source, init_params_from
@@ -104,6 +105,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
     data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0),
                               normalize_on_device=on_device)
     examples = {t.name: t.example() for t in tasks}
+    # Only the keys a task's model and losses read go to the devices (vlfm.train.batch_keys).
+    device_keys = {t.name: needed_keys(model, t.forward.method, t.loss_fn, reads_batch_elsewhere=bool(
+        t.teachers or (momentum is not None and momentum.runs_for(t.name)))) for t in tasks}
+    dropped = {}
+    for t in tasks:
+        check_available(t.name, device_keys[t.name], examples[t.name])
+        dropped[t.name] = sorted(set(examples[t.name]) - set(device_keys[t.name] or examples[t.name]))
+        if dropped[t.name]:
+            log.info("task %s: batch keys %s stay on the host (the model and losses read %s)", t.name,
+                     ", ".join(dropped[t.name]), ", ".join(sorted(device_keys[t.name])))
     teacher_example = {}  # teachers are built from one example holding every task's keys
     for example in examples.values():
         teacher_example.update(example)
@@ -131,7 +142,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
                                            teacher_params, momentum, abstract.get("momentum")) for t in tasks}
         if dry_run:
             log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
-            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh, on_device)
+            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh, on_device,
+                              device_keys)
             report["num_params"] = float(n_params)
             writer.close()
             return report
@@ -157,7 +169,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
                      config.model.name, f"{n_params:,}", ", ".join(by_name), schedule.name, peak, peak_source,
                      dict(mesh.shape))
             loop = _Loop(config, workdir, mesh, step_fns, schedule, data_it, teacher_params, evaluators, checkpointer,
-                         writer, task_flops, peak, {t.name: t.batch_size for t in tasks})
+                         writer, task_flops, peak, {t.name: t.batch_size for t in tasks}, device_keys, dropped)
             state, final_step = loop.run(state, start_step, results)
             if config.export_params and final_step == config.total_steps:
                 export_params(state["params"], os.path.join(workdir, "params"))
@@ -189,7 +201,7 @@ def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTran
 
 
 def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh,
-             normalize_on_device: bool) -> dict[str, float]:
+             normalize_on_device: bool, device_keys) -> dict[str, float]:
     """Compiles every step kind ahead of time; reports the largest per-device memory."""
     report: dict[str, float] = {}
     for kind, fn in step_fns.items():
@@ -198,7 +210,8 @@ def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_pa
             task = tasks_by_name[name]
             batches[name] = {k: jax.ShapeDtypeStruct((task.batch_size, *np.shape(v)), np.asarray(v).dtype,
                                                      sharding=batch_sharding(mesh, 1 + np.ndim(v)))
-                             for k, v in task.example(normalize=not normalize_on_device).items()}
+                             for k, v in select(task.example(normalize=not normalize_on_device),
+                                                device_keys[name]).items()}
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
@@ -227,6 +240,8 @@ class _Loop:
     task_flops: Mapping[str, float]
     peak: float
     batch_sizes: Mapping[str, int]
+    device_keys: Mapping[str, Any]  # per task: the batch keys sent to the devices (None: all)
+    dropped: Mapping[str, list[str]]  # per task: the keys left on the host
 
     def run(self, state: dict, start_step: int, results: dict) -> tuple[dict, int]:
         """Steps until ``total_steps`` or a preemption; returns the final state and step."""
@@ -240,7 +255,9 @@ class _Loop:
         # Multi-process CPU runs with a too small CPU thread pool deadlock when steps are queued
         # asynchronously (vlfm.train.distributed); block on each step there. Accelerators stay asynchronous.
         block_each_step = distributed.must_block_each_step()
-        feed = InputFeed(self.data_it, self.schedule.tasks_at, lambda name, batch: to_global(batch, self.mesh),
+        keys = self.device_keys
+        feed = InputFeed(self.data_it, self.schedule.tasks_at,
+                         lambda name, batch: to_global(select(batch, keys[name]), self.mesh),
                          start_step=start_step, total_steps=total, prefetch=int(config.data.get("prefetch_to_device", 2)))
         data_wait = feed.wait
         for step in range(start_step, total):
@@ -248,7 +265,11 @@ class _Loop:
                 jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
             kind = self.schedule.tasks_at(step)
             batches = feed.batches(step)
-            state, metrics = self.step_fns[kind](state, batches, self.teacher_params)
+            try:
+                state, metrics = self.step_fns[kind](state, batches, self.teacher_params)
+            except KeyError as e:  # a model or loss that reads a key its declaration leaves on the host
+                name_undeclared_key(e, {n: self.dropped[n] for n in kind})
+                raise
             feed.fill()  # the next steps' batches go to the devices while this one runs
             done = step + 1
             if block_each_step:
