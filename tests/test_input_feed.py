@@ -139,7 +139,8 @@ def test_uint8_images_normalised_in_the_step_equal_the_host_normalised_floats():
         batch = {k: raw[k] for k in keys}
         _, metrics = step(state, {"main": batch}, {})
         for k in keys:
-            np.testing.assert_allclose(np.asarray(metrics[f"main/{k}"]), host[k], rtol=0, atol=1e-6, err_msg=f"{name}/{k}")
+            np.testing.assert_allclose(np.asarray(metrics[f"main/{k}"]), host[k], rtol=0, atol=1e-6,
+                                       err_msg=f"{name}/{k}")
             assert np.abs(host[k]).max() > 0.5  # real images, not zeros
 
 

@@ -142,8 +142,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
                                            teacher_params, momentum, abstract.get("momentum")) for t in tasks}
         if dry_run:
             log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
-            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh, on_device,
-                              device_keys)
+            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh,
+                              {t.name: t.normalizes_on_device(on_device) for t in tasks}, device_keys)
             report["num_params"] = float(n_params)
             writer.close()
             return report
@@ -201,7 +201,7 @@ def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTran
 
 
 def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh,
-             normalize_on_device: bool, device_keys) -> dict[str, float]:
+             on_device: Mapping[str, bool], device_keys: Mapping[str, Any]) -> dict[str, float]:
     """Compiles every step kind ahead of time; reports the largest per-device memory."""
     report: dict[str, float] = {}
     for kind, fn in step_fns.items():
@@ -210,7 +210,7 @@ def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_pa
             task = tasks_by_name[name]
             batches[name] = {k: jax.ShapeDtypeStruct((task.batch_size, *np.shape(v)), np.asarray(v).dtype,
                                                      sharding=batch_sharding(mesh, 1 + np.ndim(v)))
-                             for k, v in select(task.example(normalize=not normalize_on_device),
+                             for k, v in select(task.example(normalize=not on_device[name]),
                                                 device_keys[name]).items()}
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
@@ -257,8 +257,8 @@ class _Loop:
         block_each_step = distributed.must_block_each_step()
         keys = self.device_keys
         feed = InputFeed(self.data_it, self.schedule.tasks_at,
-                         lambda name, batch: to_global(select(batch, keys[name]), self.mesh),
-                         start_step=start_step, total_steps=total, prefetch=int(config.data.get("prefetch_to_device", 2)))
+                         lambda name, batch: to_global(select(batch, keys[name]), self.mesh), start_step=start_step,
+                         total_steps=total, prefetch=int(config.data.get("prefetch_to_device", 2)))
         data_wait = feed.wait
         for step in range(start_step, total):
             if profile and step == profile[0]:
