@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from vlfm.data import shapes
+from vlfm.data.normalization import host_normalize
 from vlfm.data.pipeline import build_dataset
 from vlfm.evaluators import EVALUATORS
 from vlfm.evaluators.retrieval import multi_caption_recall
@@ -123,7 +124,8 @@ def test_builtin_split_with_five_wordings_per_image():
     refs = [c for i in range(12) for c in shapes.reference_captions("validation", i, 5)]
     assert len(set(refs)) > 12  # the wordings differ
     images = build_dataset(dict(data, view="image"), "validation")
-    zi = np.stack([encode_image(None, {"image": images.examples[i]["image"][None]})[0] for i in range(12)])
+    rows = [host_normalize(images.examples[i], images.normalization) for i in range(12)]  # uint8 -> as the model
+    zi = np.stack([encode_image(None, {"image": row["image"][None]})[0] for row in rows])
     tokens = tokenizer.encode_batch(refs, 20)
     sim = zi @ encode_text(None, {"text": tokens["ids"], "text_mask": tokens["mask"]}).T
     for k in (1, 5, 10):

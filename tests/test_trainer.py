@@ -93,6 +93,11 @@ def test_preempted_and_resumed_run_equals_uninterrupted_run(tmp_path):
     rl = {m["step"]: m["train/loss"] for m in _metrics(tmp_path / "resumed") if "train/loss" in m}
     for step in range(20, 31):
         assert fl[step] == rl[step], (step, fl[step], rl[step])
+    # Every logged interval says how long the loop waited for data (the log line too).
+    timed = [m for m in _metrics(tmp_path / "full") if "train/step_time" in m]
+    assert timed and all(0 < m["train/data_wait_fraction"] <= 1 for m in timed), timed
+    assert all(0 < m["train/data_wait_s"] <= m["train/step_time"] for m in timed), timed
+    assert "data wait" in [line for line in full.stdout.splitlines() if "step 30/30" in line][-1]
 
 
 def _leaves(tree):

@@ -8,6 +8,7 @@ import pytest
 
 from vlfm.data import build_dataset, videos
 from vlfm.data.bad_data import BadData
+from vlfm.data.normalization import host_normalize
 from vlfm.data.video import VideoField, strided_indices, uniform_indices
 
 av = pytest.importorskip("av")
@@ -48,8 +49,10 @@ def test_video_field_decodes_samples_and_counts_bad_clips():
     frames = np.ascontiguousarray(np.broadcast_to(frames, (12, 32, 32, 3)))
     field = VideoField(num_frames=4, image=dict(size=32, eval_crop="resize", mean_std="half"))
     rng = np.random.default_rng(0)
-    from_mp4 = field.process(_mp4(frames), rng)["video"]
-    from_frames = field.process(frames, rng)["video"]
+    stats = field.info()["normalize"]  # frames leave the field uint8 and are normalised after the pipeline
+    assert field.process(frames, rng)["video"].dtype == np.uint8
+    from_mp4 = host_normalize(field.process(_mp4(frames), rng), stats)["video"]
+    from_frames = host_normalize(field.process(frames, rng), stats)["video"]
     assert from_mp4.shape == from_frames.shape == (4, 32, 32, 3)
     want = frames[uniform_indices(12, 4)].astype(np.float32) / 127.5 - 1  # frames 1, 4, 7, 10
     np.testing.assert_allclose(from_frames, want, atol=1e-6)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from vlfm.data import image_ops, shapes
 from vlfm.data.masking import block_mask, mlm_mask
+from vlfm.data.normalization import NORMALIZE
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.tokenizers import WordTokenizer
 
@@ -34,10 +35,6 @@ class _ArraySource(grain.sources.RandomAccessDataSource):
 
 def _scale(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-
-
-def _scale_image(example: dict) -> dict:
-    return dict(example, image=_scale(example["image"]))
 
 
 def preprocess_image(data: bytes, image_size: int) -> np.ndarray:
@@ -70,7 +67,7 @@ def _references(split: str, max_objects: int, index: int, num: int) -> list[str]
 def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32, max_objects: int = 2,
                    view: str = "pairs", max_len: int = 16, mlm_prob: float = 0.0,
                    mim: Mapping[str, Any] | None = None, cache_dir: str | None = None) -> DatasetBundle:
-    """Examples with ``image`` (float32, scaled to [-1, 1]), ``text``/``text_mask`` (word ids),
+    """Examples with ``image`` (uint8, scaled to [-1, 1] float32 by ``info["normalize"]``), ``text``/``text_mask`` (word ids),
     ``label`` and the main object's attributes, restricted to the keys of ``view``. With
     ``mlm_prob > 0`` the text is masked per example (80/10/10) and ``mlm_targets`` added. ``mim``
     (kwargs of ``masking.block_mask``, e.g. ``grid=(4, 4), num_masked=6, min_block=2``) adds a BEiT
@@ -109,7 +106,6 @@ def shapes_dataset(split: str, num_examples: int = 20_000, image_size: int = 32,
                 class_prompts=prompts, num_classes=len(shapes.CLASS_NAMES), vocab_size=tokenizer.vocab_size,
                 reference_captions=functools.partial(_references, split, max_objects),
                 preprocess_image=functools.partial(preprocess_image, image_size=image_size))
-    examples = grain.MapDataset.source(_ArraySource(arrays))
-    if "image" in arrays:
-        examples = examples.map(_scale_image)
-    return DatasetBundle(examples, transform, info)
+    if "image" in arrays:  # uint8 in the pipeline; scaled on the host or in the train step
+        info[NORMALIZE] = {"image": ((IMAGE_MEAN,) * 3, (IMAGE_STD,) * 3)}
+    return DatasetBundle(grain.MapDataset.source(_ArraySource(arrays)), transform, info)

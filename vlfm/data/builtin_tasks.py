@@ -27,6 +27,7 @@ import numpy as np
 from vlfm.data import shapes
 from vlfm.data.builtin import IMAGE_MEAN, IMAGE_STD, _ArraySource
 from vlfm.data.masking import mlm_mask
+from vlfm.data.normalization import NORMALIZE
 from vlfm.data.pipeline import DATASETS, DatasetBundle
 from vlfm.data.tokenizers import WordTokenizer
 
@@ -49,18 +50,12 @@ def task_tokenizer() -> WordTokenizer:
     return WordTokenizer(list(shapes.VOCAB) + extra)
 
 
-def _scale_images(example: dict) -> dict:
-    out = dict(example)
-    for key in ("image", "image2"):
-        if key in out:
-            out[key] = (out[key].astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-    return out
-
-
 def _bundle(arrays: dict[str, np.ndarray], info: dict, transform=None) -> DatasetBundle:
     tokenizer = task_tokenizer()
-    info = dict(info, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
-    return DatasetBundle(grain.MapDataset.source(_ArraySource(arrays)).map(_scale_images), transform, info)
+    scale = ((IMAGE_MEAN,) * 3, (IMAGE_STD,) * 3)  # images uint8 in the pipeline, scaled to [-1, 1] after it
+    info = dict(info, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size,
+                **{NORMALIZE: {key: scale for key in ("image", "image2") if key in arrays}})
+    return DatasetBundle(grain.MapDataset.source(_ArraySource(arrays)), transform, info)
 
 
 def _encode(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:

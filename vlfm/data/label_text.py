@@ -37,7 +37,7 @@ def fill_templates(templates: Sequence[str], class_names: Sequence[str]) -> list
 
 def _wrap(source: DatasetBundle, fn: Callable[[dict, np.random.Generator], dict], info: Mapping[str, Any]
           ) -> DatasetBundle:
-    inner = source.random_transform
+    inner = source.raw_transform  # images stay uint8; the wrapper's bundle normalises them (info["normalize"])
 
     def transform(example: dict, rng: np.random.Generator) -> dict:
         return fn(inner(example, rng) if inner is not None else example, rng)

@@ -27,17 +27,23 @@ from absl import flags
 from vlfm.core.sharding import batch_sharding
 from vlfm.data.bad_data import BadSample, DropBad, EmptyDatasetError, bad_counts
 from vlfm.data.counters import mix_counts
+from vlfm.data.normalization import NORMALIZE, host_normalize
 from vlfm.data.workers import die_with_parent
 from vlfm.registry import Registry
 
 DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
 # Keys of a data config that configure the pipeline, not the dataset factory.
-PIPELINE_KEYS = ("batch_size", "num_workers", "seed", "eval_split", "eval_examples", "train_split", "weight")
+PIPELINE_KEYS = ("batch_size", "num_workers", "seed", "eval_split", "eval_examples", "train_split", "weight",
+                 "prefetch_to_device", "normalize_on_device")
 
 
 class DatasetBundle:
     """A split's examples (``examples`` MapDataset or ``stream`` factory), the per-example random
     transform and metadata (``info``: name, tokenizer, max_len, class names, ...).
+
+    Images stay uint8 through ``raw_transform``; ``info["normalize"]`` names their statistics
+    (``vlfm.data.normalization``) and ``random_transform`` is the raw one followed by the host
+    normalisation (float32), what every reader but the train loop sees.
 
     ``stream(seed=, process_index=, process_count=, num_epochs=, shuffle=)`` returns a grain
     ``IterDataset`` of this host's records (or ``BadSample`` markers); its sources split the data
@@ -50,16 +56,21 @@ class DatasetBundle:
             raise ValueError("a DatasetBundle needs exactly one of examples (MapDataset) or stream")
         self.examples = examples
         self.stream = stream
-        self.random_transform = random_transform
         self.info = dict(info or {})
+        self.raw_transform = random_transform
+        self.normalization = dict(self.info.get(NORMALIZE) or {})
+        self.random_transform = (_Normalized(random_transform, self.normalization) if self.normalization
+                                 else random_transform)
 
     @property
     def name(self) -> str:
         return str(self.info.get("name", "dataset"))
 
     def example_stream(self, *, seed: int, process_index: int = 0, process_count: int = 1,
-                       num_epochs: int | None = None, shuffle: bool = True) -> grain.IterDataset:
-        """Clean examples for one host: sharded, shuffled, repeated, transformed, bad samples dropped."""
+                       num_epochs: int | None = None, shuffle: bool = True, normalize: bool = True
+                       ) -> grain.IterDataset:
+        """Clean examples for one host: sharded, shuffled, repeated, transformed, bad samples dropped.
+        ``normalize=False`` keeps the images uint8 (``info["normalize"]`` says how to normalise them)."""
         if self.examples is not None:
             ds = self.examples[process_index::process_count]
             if len(ds) == 0:
@@ -72,13 +83,14 @@ class DatasetBundle:
         else:
             it_ds = self.stream(seed=seed, process_index=process_index, process_count=process_count,
                                 num_epochs=num_epochs, shuffle=shuffle)
-        if self.random_transform is not None:
-            it_ds = it_ds.random_map(_RandomTransform(self.random_transform), seed=host_seed(seed, process_index))
+        transform = self.random_transform if normalize else self.raw_transform
+        if transform is not None:
+            it_ds = it_ds.random_map(_RandomTransform(transform), seed=host_seed(seed, process_index))
         return DropBad(it_ds, name=self.name)
 
-    def example(self) -> dict[str, np.ndarray]:
+    def example(self, normalize: bool = True) -> dict[str, np.ndarray]:
         """One transformed example (the first usable one), e.g. for shapes at model initialisation."""
-        it = iter(self.example_stream(seed=0, num_epochs=1, shuffle=False))
+        it = iter(self.example_stream(seed=0, num_epochs=1, shuffle=False, normalize=normalize))
         try:
             return next(it)
         except StopIteration:
@@ -109,6 +121,17 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> DatasetBundle:
     for key in PIPELINE_KEYS:
         cfg.pop(key, None)
     return factory(split=split, **cfg)
+
+
+class _Normalized:
+    """A raw transform followed by the host normalisation of its declared image keys (picklable)."""
+
+    def __init__(self, fn: Callable | None, stats: Mapping[str, Any]):
+        self.fn, self.stats = fn, dict(stats)
+
+    def __call__(self, example: Any, rng: np.random.Generator) -> Any:
+        out = self.fn(example, rng) if self.fn is not None else example
+        return out if isinstance(out, BadSample) else host_normalize(out, self.stats)
 
 
 class _RandomTransform(grain.transforms.RandomMap):
@@ -171,14 +194,17 @@ def pipeline_stats(state: Any) -> dict[str, float]:
 
 
 def train_iterator(bundle: DatasetBundle, *, global_batch_size: int, seed: int, num_workers: int = 0,
-                   process_index: int | None = None, process_count: int | None = None) -> DataIterator:
-    """An endless, seeded, host-sharded iterator of per-host numpy batches (checkpointable)."""
+                   process_index: int | None = None, process_count: int | None = None,
+                   normalize: bool = True) -> DataIterator:
+    """An endless, seeded, host-sharded iterator of per-host numpy batches (checkpointable); images
+    uint8 with ``normalize=False`` (the step normalises them, ``bundle.normalization``)."""
     if process_index is None or process_count is None:
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} hosts")
-    ds = bundle.example_stream(seed=seed, process_index=process_index, process_count=process_count)
+    ds = bundle.example_stream(seed=seed, process_index=process_index, process_count=process_count,
+                               normalize=normalize)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     if num_workers > 0:
         _ensure_absl_flags_parsed()

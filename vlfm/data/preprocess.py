@@ -21,6 +21,7 @@ import numpy as np
 from vlfm.data import image_ops
 from vlfm.data.bad_data import (BAD_TEXT, BAD_VALUE, EMPTY_TEXT, MISSING_KEY, BadData, BadSample)
 from vlfm.data.masking import block_mask, mlm_mask
+from vlfm.data.normalization import NORMALIZE, merge
 from vlfm.data.tokenizers import build_tokenizer
 from vlfm.registry import Registry
 
@@ -63,7 +64,8 @@ class Field:
 
 @FIELDS.register("image")
 class ImageField(Field):
-    """Encoded image -> ``image`` HxWx3 float32, normalised.
+    """Encoded image -> ``image`` HxWx3 uint8; ``mean_std`` is declared in ``info["normalize"]`` and applied
+    on the host or in the train step (``vlfm.data.normalization``), as float32.
 
     Train (``train=True``): ``train_crop`` = ``random_resized_crop`` (``scale``, ``ratio``), ``resize``
     (squash to size) or ``clip``; optional horizontal ``flip`` and ``randaugment=(num_ops, magnitude)``.
@@ -113,7 +115,7 @@ class ImageField(Field):
         return image_ops.normalize(image_ops.to_float_array(image), self.mean, self.std, inplace=True)
 
     def info(self) -> dict[str, Any]:
-        return {"preprocess_image": self.preprocess}
+        return {"preprocess_image": self.preprocess, NORMALIZE: {"image": (self.mean, self.std)}}
 
     def process(self, raw: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = self._pil(raw)
@@ -129,7 +131,7 @@ class ImageField(Field):
             image = image_ops.randaugment(image, rng, *self.randaugment)
         if self.flip and rng.random() < 0.5:
             image = image.transpose(image_ops.Image.Transpose.FLIP_LEFT_RIGHT)
-        out = {"image": image_ops.normalize(image_ops.to_float_array(image), self.mean, self.std, inplace=True)}
+        out = {"image": np.asarray(image_ops.to_rgb(image), dtype=np.uint8)}
         if self.mim is not None:
             out["image_mask"] = block_mask(rng, **self.mim)
         return out
@@ -245,7 +247,10 @@ class Processor:
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name}
         for field in self.fields.values():
-            info.update(field.info())
+            field_info = field.info()
+            info.update(field_info, **{NORMALIZE: merge(info.get(NORMALIZE), field_info.get(NORMALIZE))})
+        if not info[NORMALIZE]:
+            del info[NORMALIZE]
         return info
 
 

@@ -29,6 +29,7 @@ from etils import epath
 from vlfm.data.bad_data import MISSING_FILE, BadSample
 from vlfm.data.builtin_tasks import VE_LABELS
 from vlfm.data.pipeline import DATASETS, DatasetBundle
+from vlfm.data.normalization import NORMALIZE
 from vlfm.data.preprocess import build_processor
 from vlfm.data.vqav2 import by_split
 
@@ -114,6 +115,8 @@ def _bundle(name: str, split: str, image_paths: list[tuple[str, ...]], texts: li
     examples = grain.MapDataset.source(list(range(len(texts)))).map_with_index(
         _Record(image_paths, texts, labels, keys))
     info = dict(processor.info(), name=name, **info)
+    if second is not None:  # the right image is normalised as the left one
+        info[NORMALIZE] = dict(info[NORMALIZE], image2=info[NORMALIZE]["image"])
     return DatasetBundle(examples, _Transform(processor, second), info)
 
 

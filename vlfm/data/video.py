@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vlfm.data.bad_data import BAD_VALUE, CORRUPT_VIDEO, SHORT_CLIP, BadData
+from vlfm.data.normalization import NORMALIZE
 from vlfm.data.preprocess import FIELDS, Field, ImageField
 
 
@@ -48,7 +49,8 @@ def decode_video(data: bytes) -> np.ndarray:
 @FIELDS.register("video")
 class VideoField(Field):
     """Encoded video (``KEY.mp4`` / ``KEY.webm``) or decoded frames ``[T, H, W, 3]`` (pre-extracted,
-    or a TFDS ``Video`` feature) -> ``video`` ``[num_frames, size, size, 3]`` float32.
+    or a TFDS ``Video`` feature) -> ``video`` ``[num_frames, size, size, 3]`` uint8, normalised as the
+    image field's ``mean_std`` says (``info["normalize"]``, on the host or in the train step).
 
     ``image``: kwargs of the image field for every frame (``size``, crops, ``flip``, ``mean_std``; not
     ``mim``). ``max_stride``: the training stride range. A video that cannot be decoded is
@@ -85,3 +87,6 @@ class VideoField(Field):
         clip = [self.frames.process(np.ascontiguousarray(frames[i]), np.random.default_rng(seed))["image"]
                 for i in index]
         return {"video": np.stack(clip)}
+
+    def info(self) -> dict[str, Any]:
+        return {NORMALIZE: {"video": (self.frames.mean, self.frames.std)}}

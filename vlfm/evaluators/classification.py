@@ -121,7 +121,7 @@ class MaskedTokenEvaluator:
                  num_examples: int | None = None, batch_size: int = 256, seed: int = 0):
         self.predict = predict_fns["mlm_logits"]
         self.bundle = build_dataset(data, split)
-        if self.bundle.random_transform is None:
+        if self.bundle.raw_transform is None:
             raise ValueError("mlm_accuracy needs a data config that masks tokens (e.g. mlm_prob > 0)")
         if self.bundle.examples is None:
             raise ValueError("mlm_accuracy needs a random-access data set (its examples are masked by index)")

@@ -14,7 +14,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from vlfm.core.sharding import BATCH_AXES
-from vlfm.losses.registry import LOSSES, couples_batch
+from vlfm.losses.registry import LOSSES, couples_batch, reads_batch
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:
@@ -45,6 +45,7 @@ def _sharded(local_fn, zimg, ztxt, *scalars):
 
 @LOSSES.register("softmax_contrastive")
 @couples_batch
+@reads_batch()
 def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0,
                         prefix: str = "") -> tuple[jax.Array, dict]:
     """Symmetric InfoNCE (CLIP): mean of image->text and text->image cross-entropies.
@@ -78,6 +79,7 @@ def softmax_contrastive(outputs: dict, batch: dict, label_smoothing: float = 0.0
 
 @LOSSES.register("sigmoid_contrastive")
 @couples_batch
+@reads_batch()
 def sigmoid_contrastive(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
     """SigLIP: independent binary losses on every image-text pair, summed and divided by the batch."""
     del batch

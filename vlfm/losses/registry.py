@@ -27,6 +27,15 @@ def negatives_from_batch(fn: LossFn) -> LossFn:
     return fn
 
 
+def reads_batch(*keys: str) -> Callable[[LossFn], LossFn]:
+    """Declares the batch keys a loss reads (none: it reads only the model's outputs), so the trainer
+    sends only the keys the model and losses read to the devices. An undeclared loss keeps every key."""
+    def mark(fn: LossFn) -> LossFn:
+        fn.batch_keys = tuple(keys)
+        return fn
+    return mark
+
+
 def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
     """Weighted sum of the configured losses; metrics are prefixed with each loss's name.
 
@@ -54,5 +63,8 @@ def combined_loss(losses_cfg: Mapping[str, Mapping[str, Any]]) -> LossFn:
         return loss, metrics
 
     total.couples_batch = tuple(coupled)  # names of the losses marked as below
+    declared = [getattr(fn, "batch_keys", None) for _, _, fn, _ in parts]
+    # The batch keys the losses read (reads_batch); None as soon as one loss does not say.
+    total.batch_keys = None if any(k is None for k in declared) else tuple(sorted({k for ks in declared for k in ks}))
     total.negatives_from_batch = tuple(drawn)
     return total

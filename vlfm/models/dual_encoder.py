@@ -40,6 +40,8 @@ class DualEncoder(nn.Module):
     dtype: str = "float32"
     param_dtype: str = "float32"
 
+    # The batch keys each training method reads (vlfm.train.batch_keys): other keys stay on the host.
+    INPUTS = {"__call__": ("image", "text", "text_mask")}
     # Functions of (module, batch) that evaluators may call, by name.
     PREDICT = {
         "encode_image": lambda m, b: m.encode_image(b[m.input_key]),

@@ -58,6 +58,10 @@ def base_config() -> ConfigDict:
     c.init_from = ConfigDict(dict(params=None, checkpoint=None, hf=None, open_clip=None, skip=(), rename=(), grow_rows=(), resample=(),
                                   inflate=(), sources=()))
     c.data = ConfigDict(dict(name="shapes", batch_size=256, num_workers=0, train_split="train"))
+    # Batches put on the devices ahead of the step that reads them (vlfm.train.input_feed); 0 = off.
+    c.data.prefetch_to_device = 2
+    # Images leave the host uint8 and the train step normalises them (vlfm.data.normalization); False: float32.
+    c.data.normalize_on_device = True
     # mu_dtype / lr_multipliers / layer_decay: None = off (vlfm.optim.optimizers.build_optimizer lists every key).
     c.optimizer = ConfigDict(dict(name="adamw", lr=dict(name="cosine", peak=1e-3, warmup_steps=100), weight_decay=0.1,
                                   clip_norm=1.0, mu_dtype=None, lr_multipliers=None, layer_decay=None))

@@ -52,6 +52,7 @@ RULES: dict[str, Rule] = {
     "num_examples": POSITIVE_INT,
     "warmup_steps": NON_NEGATIVE_INT,
     "num_workers": NON_NEGATIVE_INT,
+    "prefetch_to_device": NON_NEGATIVE_INT,  # 0 = off
     "every": NON_NEGATIVE_INT,  # evals: 0 = only at the end
     # learning rates and weights
     "peak": NON_NEGATIVE,

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vlfm.data.normalization import device_normalize
 from vlfm.optim import ema_update
 from vlfm.optim.freezing import apply_stateless, freeze
 from vlfm.train.momentum import Momentum
@@ -188,6 +189,8 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
 
     def step_fn(state: dict, batches: Mapping[str, dict], teacher_params: Mapping[str, Any]) -> tuple[dict, dict]:
         rng = jax.random.fold_in(base_key, state["step"])
+        # uint8 images (vlfm.data.normalization) become the float32 the model, teachers and losses read.
+        batches = {t.name: device_normalize(batches[t.name], t.normalization) for t in tasks}
         grads, metrics, total = {}, {}, 0.0
         momentum_state = state.get("momentum")
         if momentum is not None:  # MoCo / ALBEF: move the momentum model first, then run it for this step

@@ -57,10 +57,21 @@ class Task:
     data_cfg: dict = dataclasses.field(default_factory=dict)
     forward: Forward = dataclasses.field(default_factory=Forward)
 
-    def example(self) -> dict:
+    @property
+    def normalization(self) -> dict:
+        """The uint8 image keys of this task's batches and their statistics (``vlfm.data.normalization``)."""
+        return dict(getattr(self.bundle, "normalization", None) or {})
+
+    def normalizes_on_device(self, default: bool = True) -> bool:
+        """Whether this task's images leave the host uint8 (its ``data.normalize_on_device``, else ``default``)."""
+        return bool(self.data_cfg.get("normalize_on_device", default))
+
+    def example(self, normalize: bool = True) -> dict:
         """One transformed example's numeric leaves as arrays, numpy scalars (labels) included as 0-d
-        arrays: the keys and shapes a batch of this task carries (init, dry run and FLOP count)."""
-        example = self.bundle.example()  # first usable example (map and stream datasets alike)
+        arrays: the keys and shapes a batch of this task carries (init, dry run and FLOP count); images
+        as the model reads them (float32), or as the train iterator yields them (``normalize=False``:
+        uint8, normalised in the step)."""
+        example = self.bundle.example(normalize)  # first usable example (map and stream datasets alike)
         if not isinstance(example, dict):
             return example
         return {k: np.asarray(v) for k, v in example.items()
@@ -121,6 +132,9 @@ def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:
         data = dict(cfg["data"])
         if "batch_size" not in data:
             raise KeyError(f"task {name!r}: data needs a batch_size")
+        if "prefetch_to_device" in data:  # one input feed serves every task
+            raise KeyError(f"task {name!r}: prefetch_to_device is a setting of the run, not of a task; set "
+                           "config.data.prefetch_to_device")
         tasks.append(Task(
             name=name, bundle=build_dataset(data, data.get("train_split", "train")), batch_size=int(data["batch_size"]),
             loss_fn=combined_loss(cfg["losses"]), weight=float(cfg.get("weight", 1.0)),
@@ -196,9 +210,13 @@ class TaskIterators:
                 it.start_prefetch()
 
 
-def build_iterators(tasks: Sequence[Task], seed: int, num_workers: int = 0) -> TaskIterators:
+def build_iterators(tasks: Sequence[Task], seed: int, num_workers: int = 0,
+                    normalize_on_device: bool = True) -> TaskIterators:
     """One seeded, host-sharded iterator per task (different seeds per task); a task's own
-    ``data.num_workers`` wins over ``num_workers`` (the run's default)."""
+    ``data.num_workers`` wins over ``num_workers`` (the run's default). With ``normalize_on_device``
+    images stay uint8 on the host and the train step normalises them (``vlfm.data.normalization``); a
+    task's own ``data.normalize_on_device`` wins."""
     return TaskIterators({t.name: train_iterator(t.bundle, global_batch_size=t.batch_size, seed=seed + 1000 * i,
-                                                 num_workers=int(t.data_cfg.get("num_workers", num_workers)))
+                                                 num_workers=int(t.data_cfg.get("num_workers", num_workers)),
+                                                 normalize=not t.normalizes_on_device(normalize_on_device))
                           for i, t in enumerate(tasks)})

@@ -32,9 +32,11 @@ from vlfm.core.sharding import batch_sharding, data_parallel_size, make_mesh, ru
 from vlfm.core.tree import count_params
 from vlfm.core.workdir_lock import LeaseLock, LocalLock, WorkdirInUseError, lock_workdir
 from vlfm.train import aot, distributed
+from vlfm.train.batch_keys import check_available, name_undeclared_key, needed_keys, select
 from vlfm.train.config import config_record, save_workdir_config, validate_config
 from vlfm.train.evaluation import build_evaluators, make_predict_fns, run_evaluators
 from vlfm.train.init_from import has_source, init_params_from
+from vlfm.train.input_feed import InputFeed
 from vlfm.train.state import TaskInit, init_batch, sharded_init, state_initializer
 from vlfm.train.step import make_train_step
 from vlfm.train.tasks import TaskIterators, TaskSchedule, build_iterators, build_tasks
@@ -99,8 +101,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
         for task in tasks:
             if momentum.runs_for(task.name):
                 momentum.check_batch_size(task.name, task.batch_size)
-    data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0))
+    on_device = bool(config.data.get("normalize_on_device", True))  # uint8 images, normalised in the step
+    data_it = build_iterators(tasks, config.seed, num_workers=config.data.get("num_workers", 0),
+                              normalize_on_device=on_device)
     examples = {t.name: t.example() for t in tasks}
+    # Only the keys a task's model and losses read go to the devices (vlfm.train.batch_keys).
+    device_keys = {t.name: needed_keys(model, t.forward.method, t.loss_fn, reads_batch_elsewhere=bool(
+        t.teachers or (momentum is not None and momentum.runs_for(t.name)))) for t in tasks}
+    dropped = {}
+    for t in tasks:
+        check_available(t.name, device_keys[t.name], examples[t.name])
+        dropped[t.name] = sorted(set(examples[t.name]) - set(device_keys[t.name] or examples[t.name]))
+        if dropped[t.name]:
+            log.info("task %s: batch keys %s stay on the host (the model and losses read %s)", t.name,
+                     ", ".join(dropped[t.name]), ", ".join(sorted(device_keys[t.name])))
     teacher_example = {}  # teachers are built from one example holding every task's keys
     for example in examples.values():
         teacher_example.update(example)
@@ -128,7 +142,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
                                            teacher_params, momentum, abstract.get("momentum")) for t in tasks}
         if dry_run:
             log.info("model %s: %s parameters (dry run)", config.model.name, f"{n_params:,}")
-            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh)
+            report = _dry_run(task_flops, step_fns, schedule, by_name, abstract, teacher_params, mesh,
+                              {t.name: t.normalizes_on_device(on_device) for t in tasks}, device_keys)
             report["num_params"] = float(n_params)
             writer.close()
             return report
@@ -154,7 +169,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, dry_run: bool) -> di
                      config.model.name, f"{n_params:,}", ", ".join(by_name), schedule.name, peak, peak_source,
                      dict(mesh.shape))
             loop = _Loop(config, workdir, mesh, step_fns, schedule, data_it, teacher_params, evaluators, checkpointer,
-                         writer, task_flops, peak, {t.name: t.batch_size for t in tasks})
+                         writer, task_flops, peak, {t.name: t.batch_size for t in tasks}, device_keys, dropped)
             state, final_step = loop.run(state, start_step, results)
             if config.export_params and final_step == config.total_steps:
                 export_params(state["params"], os.path.join(workdir, "params"))
@@ -185,7 +200,8 @@ def start_from(init_from: Mapping[str, Any], state: dict, tx: optax.GradientTran
     return state
 
 
-def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh) -> dict[str, float]:
+def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_params, mesh,
+             on_device: Mapping[str, bool], device_keys: Mapping[str, Any]) -> dict[str, float]:
     """Compiles every step kind ahead of time; reports the largest per-device memory."""
     report: dict[str, float] = {}
     for kind, fn in step_fns.items():
@@ -194,7 +210,8 @@ def _dry_run(task_flops, step_fns, schedule, tasks_by_name, abstract, teacher_pa
             task = tasks_by_name[name]
             batches[name] = {k: jax.ShapeDtypeStruct((task.batch_size, *np.shape(v)), np.asarray(v).dtype,
                                                      sharding=batch_sharding(mesh, 1 + np.ndim(v)))
-                             for k, v in task.example().items()}
+                             for k, v in select(task.example(normalize=not on_device[name]),
+                                                device_keys[name]).items()}
         teacher_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         teacher_params)
         one = aot.compile_report(fn, abstract, batches, teacher_abstract)
@@ -223,6 +240,8 @@ class _Loop:
     task_flops: Mapping[str, float]
     peak: float
     batch_sizes: Mapping[str, int]
+    device_keys: Mapping[str, Any]  # per task: the batch keys sent to the devices (None: all)
+    dropped: Mapping[str, list[str]]  # per task: the keys left on the host
 
     def run(self, state: dict, start_step: int, results: dict) -> tuple[dict, int]:
         """Steps until ``total_steps`` or a preemption; returns the final state and step."""
@@ -236,12 +255,22 @@ class _Loop:
         # Multi-process CPU runs with a too small CPU thread pool deadlock when steps are queued
         # asynchronously (vlfm.train.distributed); block on each step there. Accelerators stay asynchronous.
         block_each_step = distributed.must_block_each_step()
+        keys = self.device_keys
+        feed = InputFeed(self.data_it, self.schedule.tasks_at,
+                         lambda name, batch: to_global(select(batch, keys[name]), self.mesh), start_step=start_step,
+                         total_steps=total, prefetch=int(config.data.get("prefetch_to_device", 2)))
+        data_wait = feed.wait
         for step in range(start_step, total):
             if profile and step == profile[0]:
                 jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
             kind = self.schedule.tasks_at(step)
-            batches = {name: to_global(self.data_it.next(name), self.mesh) for name in kind}
-            state, metrics = self.step_fns[kind](state, batches, self.teacher_params)
+            batches = feed.batches(step)
+            try:
+                state, metrics = self.step_fns[kind](state, batches, self.teacher_params)
+            except KeyError as e:  # a model or loss that reads a key its declaration leaves on the host
+                name_undeclared_key(e, {n: self.dropped[n] for n in kind})
+                raise
+            feed.fill()  # the next steps' batches go to the devices while this one runs
             done = step + 1
             if block_each_step:
                 jax.block_until_ready(metrics)
@@ -258,6 +287,7 @@ class _Loop:
                 jax.block_until_ready(metrics)
                 log.info("first step (compile + run) done")
                 last_time = time.perf_counter()
+                data_wait.reset()
             else:
                 window["steps"] += 1
                 window["flops"] += sum(self.task_flops[n] for n in kind)
@@ -271,13 +301,16 @@ class _Loop:
                     step_time = elapsed / window["steps"]
                     per_device = window["flops"] / elapsed / jax.device_count()
                     host.update(step_time=step_time, examples_per_second=window["examples"] / elapsed,
-                                tflops_per_device=per_device / 1e12, mfu=per_device / self.peak)
+                                tflops_per_device=per_device / 1e12, mfu=per_device / self.peak,
+                                **data_wait.report(window["steps"], elapsed))
                 if len(self.step_fns) > 1:
                     host.update({f"steps/{n}": c for n, c in task_counts.items()})
-                for name, it in self.data_it.iterators.items():  # bad-data and mixing counters (data/...)
-                    prefix = "" if len(self.data_it.iterators) == 1 else f"{name}/"
-                    host.update({prefix + k: v for k, v in it.stats().items()})
+                data_stats = feed.stats()  # bad-data and mixing counters (data/...) of the consumed batches
+                for name, stats in data_stats.items():
+                    prefix = "" if len(data_stats) == 1 else f"{name}/"
+                    host.update({prefix + k: v for k, v in stats.items()})
                 last_time, window = now, {"steps": 0, "flops": 0.0, "examples": 0}
+                data_wait.reset()
                 results.update(self.writer.write(done, {f"train/{k}": v for k, v in host.items()}))
                 _log_line(done, total, host)
             eval_params = state["ema_params" if config.eval_with_ema else "params"]
@@ -286,9 +319,10 @@ class _Loop:
                 results.update(self.writer.write(done, eval_metrics))
                 log.info("step %d eval: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
                 last_time, window = time.perf_counter(), {"steps": 0, "flops": 0.0, "examples": 0}
+                data_wait.reset()
             if done % config.checkpoint_every == 0 or done == total or checkpointer.preempted:
                 _check_finite(*pending, checkpointer)  # never label a skipped (non-finite) step as saved
-            checkpointer.save(done, state, data_iterator=self.data_it, meta={"step": done, **record},
+            checkpointer.save(done, state, data_iterator=feed, meta={"step": done, **record},
                               force=done == total)
             if checkpointer.should_stop(done):
                 log.warning("preemption signal received: saved step %d and stopping", done)
@@ -325,6 +359,7 @@ def _log_line(step: int, total: int, m: Mapping[str, Any]) -> None:
     if "step_time" in m:
         parts += [f"{m['step_time']:.3f} s/step", f"{m['examples_per_second']:.0f} ex/s",
                   f"{m['tflops_per_device']:.3g} TFLOP/s/device", f"MFU {100 * m['mfu']:.1f}%",
+                  f"data wait {1000 * m['data_wait_s']:.1f} ms/step ({100 * m['data_wait_fraction']:.0f}%)",
                   f"ETA {format_duration((total - step) * m['step_time'])}"]
     parts.append(f"lr {float(m['learning_rate']):.3g}")
     log.info(" | ".join(parts))
