@@ -54,11 +54,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         width=768, depth=6, num_heads=12, mlp_dim=3072, ln_eps=1e-12, contrastive_dim=768, itm="hard",
         dtype="bfloat16", attention="auto",
     ))
-    itm = dict(fn="itm", class_weights=(1.0, 2.0), weight=0.5)
+    # A function, not one shared dict: each loss gets its own class_weights tuple (the saved config.json
+    # would otherwise hold a YAML alias and not round-trip).
+    itm = lambda **extra: dict(fn="itm", class_weights=(1.0, 2.0), weight=0.5, **extra)  # noqa: E731
     c.losses = ml_collections.ConfigDict(dict(
         multi_positive_contrastive=dict(alpha=0.4, weight=1.0),
-        itm=dict(itm),
-        itm_image=dict(itm, logits_key="itm_image_logits"),
+        itm=itm(),
+        itm_image=itm(logits_key="itm_image_logits"),
     ))
     c.momentum.decay = 0.995
     c.data = ml_collections.ConfigDict(dict(name="shapes_vl", num_examples=4_000, image_size=224, max_len=64,

@@ -46,11 +46,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         width=64, depth=2, num_heads=4, mlp_dim=256, dropout_rate=0.0, attn_dropout_rate=0.0, init_std=None,
         contrastive_dim=64, itm="hard", fgd=fgd,
     ))
-    itm = dict(fn="itm", class_weights=(1.0, 2.0), weight=1.0)
+    # A function, not one shared dict: each loss gets its own class_weights tuple (the saved config.json
+    # would otherwise hold a YAML alias and not round-trip).
+    itm = lambda **extra: dict(fn="itm", class_weights=(1.0, 2.0), weight=1.0, **extra)  # noqa: E731
     c.losses = ml_collections.ConfigDict(dict(
         multi_positive_contrastive=dict(alpha=0.4 if tgd else 0.0, weight=1.0),
-        itm=dict(itm),
-        itm_image=dict(itm, logits_key="itm_image_logits"),
+        itm=itm(),
+        itm_image=itm(logits_key="itm_image_logits"),
     ))
     if fgd:
         c.losses.kd_hidden = dict(teacher="momentum", student_key="fgd_text_embed", teacher_key="text_embed",
