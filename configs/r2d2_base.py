@@ -54,9 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         width=768, depth=6, num_heads=12, mlp_dim=3072, ln_eps=1e-12, contrastive_dim=768, itm="hard",
         dtype="bfloat16", attention="auto",
     ))
-    # A function, not one shared dict: each loss gets its own class_weights tuple (the saved config.json
-    # would otherwise hold a YAML alias and not round-trip).
-    itm = lambda **extra: dict(fn="itm", class_weights=(1.0, 2.0), weight=0.5, **extra)  # noqa: E731
+    # Each loss its own class_weights tuple, built at run time (one object in two places, a shared dict or
+    # an interned constant, would print as a YAML alias and the saved config.json would not round-trip).
+    itm = lambda **extra: dict(fn="itm", class_weights=tuple([1.0, 2.0]), weight=0.5, **extra)  # noqa: E731
     c.losses = ml_collections.ConfigDict(dict(
         multi_positive_contrastive=dict(alpha=0.4, weight=1.0),
         itm=itm(),

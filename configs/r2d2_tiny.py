@@ -46,9 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         width=64, depth=2, num_heads=4, mlp_dim=256, dropout_rate=0.0, attn_dropout_rate=0.0, init_std=None,
         contrastive_dim=64, itm="hard", fgd=fgd,
     ))
-    # A function, not one shared dict: each loss gets its own class_weights tuple (the saved config.json
-    # would otherwise hold a YAML alias and not round-trip).
-    itm = lambda **extra: dict(fn="itm", class_weights=(1.0, 2.0), weight=1.0, **extra)  # noqa: E731
+    # Each loss its own class_weights tuple, built at run time (one object in two places, a shared dict or
+    # an interned constant, would print as a YAML alias and the saved config.json would not round-trip).
+    itm = lambda **extra: dict(fn="itm", class_weights=tuple([1.0, 2.0]), weight=1.0, **extra)  # noqa: E731
     c.losses = ml_collections.ConfigDict(dict(
         multi_positive_contrastive=dict(alpha=0.4 if tgd else 0.0, weight=1.0),
         itm=itm(),
