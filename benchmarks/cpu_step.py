@@ -13,8 +13,10 @@ Shapes (float32, one process, AdamW with global-norm clipping 1.0 on both sides)
 
 vlfm variants are ``{scan|unrolled}/{attention}[/{remat}]``: ``attention`` is a tower's ``attention``
 field (``vlfm.models.attention.ATTENTION_IMPLEMENTATIONS``: ``xla`` vlfm's own einsum kernel, the
-default; ``jax_xla`` ``jax.nn.dot_product_attention``'s XLA path), ``remat`` the towers'
-checkpoint policy (``vlfm.models.stack.REMAT_POLICIES``, default ``none``). The step is the
+default; ``jax_xla`` ``jax.nn.dot_product_attention``'s XLA path; ``einsum`` the same kernel as ``xla`` without
+recomputing the probabilities), ``remat`` the towers' checkpoint policy (``none`` or a name of
+``vlfm.models.stack.REMAT_POLICIES``; left out: the towers' default ``auto``, which is
+``dots_no_batch`` for scanned layers on CPU, ``none`` unrolled). The step is the
 trainer's own (``vlfm.train.step.make_train_step``, the config's optimizer), on random batches.
 
 The peer is big_vision's ``proj.image_text.two_towers`` (ViT + text transformer, its defaults:
@@ -76,7 +78,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         image=dict(size=112, patch=16, width=256, depth=8, heads=4, mlp=1024),
         text=dict(len=32, vocab=8192, width=256, depth=6, heads=4, mlp=1024), embed=256),
 }
-DEFAULT_VARIANTS = ("scan/xla", "unrolled/xla", "scan/jax_xla", "unrolled/jax_xla")
+DEFAULT_VARIANTS = ("scan/xla", "unrolled/xla", "scan/xla/none", "scan/einsum/none", "scan/jax_xla/none",
+                    "unrolled/jax_xla")
 
 
 def _synthetic(example: dict, batch_size: int) -> dict:
@@ -119,12 +122,13 @@ def vlfm_runner(shape: str, variant: str) -> Runner:
     parts = variant.split("/")
     if len(parts) not in (2, 3) or parts[0] not in ("scan", "unrolled"):
         raise ValueError(f"variant {variant!r}: expected {{scan|unrolled}}/{{attention}}[/{{remat}}]")
-    scan, attention, remat = parts[0] == "scan", parts[1], parts[2] if len(parts) == 3 else "none"
+    scan, attention = parts[0] == "scan", parts[1]
     spec = SHAPES[shape]
     overrides = list(spec["overrides"]) + ["data.num_examples=4"]
     for tower in ("image", "text"):
-        overrides += [f"model.{tower}.scan={scan}", f"model.{tower}.attention={attention}",
-                      f"model.{tower}.remat={remat}"]
+        overrides += [f"model.{tower}.scan={scan}", f"model.{tower}.attention={attention}"]
+        if len(parts) == 3:
+            overrides.append(f"model.{tower}.remat={parts[2]}")
     config = load_config(CLIP_TINY, overrides)
     task = build_tasks(config)[0]
     example = task.example()

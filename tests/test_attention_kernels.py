@@ -91,3 +91,14 @@ def test_scanned_stack_saves_no_stacked_probabilities():
         residuals = saved_residuals(lambda p, x: enc.apply({"params": p}, x), params, x)
         found[impl] = (depth, b, heads, t, t) in {tuple(aval.shape) for aval, _ in residuals}
     assert found == {"xla": False, "einsum": True}
+
+
+def test_auto_remat_recomputes_only_scanned_stacks_on_cpu():
+    from vlfm.models.stack import resolve_remat
+
+    on_cpu = jax.default_backend() == "cpu"
+    assert resolve_remat("auto", scan=True) == ("dots_no_batch" if on_cpu else "none")
+    assert resolve_remat("auto", scan=False) == "none"
+    assert resolve_remat("full", scan=False) == "full"
+    with pytest.raises(KeyError, match="auto"):
+        resolve_remat("everything", scan=True)
