@@ -25,7 +25,8 @@ points at a big_vision checkout; its ``big_vision.utils`` imports ``tensorflow.i
 level, which the model never calls, so when TensorFlow is absent an empty stand-in module is put in
 its place (said in the output). Without ``--big_vision_dir`` the peer is ``reference``: a plain-flax
 CLIP written here in big_vision's style (unscanned, flax attention, tanh GELU, no mask) with the
-same token counts, widths and depths. Both use ``optax.adamw`` after clipping, with vlfm's
+same token counts, widths and depths (271,297 parameters at ``tiny``, 128 fewer than vlfm's and big_vision's
+271,425). Both use ``optax.adamw`` after clipping, with vlfm's
 hyper-parameters, and a softmax contrastive loss.
 
 Each round runs ``--steps`` steps of every variant (the order rotates each round), so a
@@ -264,10 +265,7 @@ def peer_runner(shape: str, big_vision_dir: str | None, vlfm_optimizer: Any) -> 
     rng = np.random.default_rng(0)
     image = jnp.asarray(rng.normal(size=(spec["batch"], im["size"], im["size"], 3)).astype(np.float32))
     text = jnp.asarray(rng.integers(4, tx["vocab"], size=(spec["batch"], tx["len"])).astype(np.int32))
-    if big_vision_dir:
-        params = model.init(jax.random.key(0), image[:1], text[:1])["params"]
-    else:
-        params = model.init(jax.random.key(0), image[:1], text[:1])["params"]
+    params = model.init(jax.random.key(0), image[:1], text[:1])["params"]
     opt = vlfm_optimizer
     schedule = optax.warmup_cosine_decay_schedule(0.0, opt.lr.peak, opt.lr.warmup_steps, 1000)
     tx_ = optax.chain(optax.clip_by_global_norm(opt.clip_norm), optax.adamw(schedule, weight_decay=opt.weight_decay))
