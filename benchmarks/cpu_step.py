@@ -13,8 +13,8 @@ Shapes (float32, one process, AdamW with global-norm clipping 1.0 on both sides)
 
 vlfm variants are ``{scan|unrolled}/{attention}[/{remat}]``: ``attention`` is a tower's ``attention``
 field (``vlfm.models.attention.ATTENTION_IMPLEMENTATIONS``: ``xla`` vlfm's own einsum kernel, the
-default; ``jax_xla`` ``jax.nn.dot_product_attention``'s XLA path; ``einsum`` the same kernel as ``xla`` without
-recomputing the probabilities), ``remat`` the towers' checkpoint policy (``none`` or a name of
+default; ``jax_xla`` ``jax.nn.dot_product_attention``'s XLA path; ``recompute`` the ``xla`` kernel with its
+probabilities recomputed in the backward pass), ``remat`` the towers' checkpoint policy (``none`` or a name of
 ``vlfm.models.stack.REMAT_POLICIES``; left out: the towers' default ``auto``, which is
 ``dots_no_batch`` for scanned layers on CPU, ``none`` unrolled). The step is the
 trainer's own (``vlfm.train.step.make_train_step``, the config's optimizer), on random batches.
@@ -79,8 +79,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         image=dict(size=112, patch=16, width=256, depth=8, heads=4, mlp=1024),
         text=dict(len=32, vocab=8192, width=256, depth=6, heads=4, mlp=1024), embed=256),
 }
-DEFAULT_VARIANTS = ("scan/xla", "unrolled/xla", "scan/xla/none", "scan/einsum/none", "scan/jax_xla/none",
-                    "unrolled/jax_xla")
+DEFAULT_VARIANTS = ("scan/xla", "unrolled/xla", "scan/jax_xla", "unrolled/jax_xla", "scan/recompute",
+                    "scan/xla/none", "scan/jax_xla/none", "scan/recompute/none")
 
 
 def _synthetic(example: dict, batch_size: int) -> dict:

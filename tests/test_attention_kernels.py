@@ -1,6 +1,6 @@
 """The attention kernels agree with a numpy reference and with each other (values and gradients); the
 cuDNN path's pad-and-pass-lengths wrapper is checked through jax's XLA implementation; the default
-kernel leaves no stacked probabilities among a scanned stack's saved residuals."""
+recomputing kernel leaves no stacked probabilities among a scanned stack's saved residuals."""
 
 import functools
 
@@ -50,7 +50,7 @@ def test_padded_wrapper_through_xla_matches_unpadded_reference(causal):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["xla", "einsum", "jax_xla"])
+@pytest.mark.parametrize("impl", ["xla", "recompute", "jax_xla"])
 def test_kernels_match_reference_with_mask_and_bias(impl):
     q, k, v = _qkv(t=5, s=9)
     key_mask = jnp.asarray(np.random.default_rng(1).random((2, 9)) > 0.3).at[:, 0].set(True)
@@ -62,8 +62,8 @@ def test_kernels_match_reference_with_mask_and_bias(impl):
 
 
 def test_kernels_share_values_and_gradients():
-    """The default kernel recomputes its probabilities in the backward pass: its gradients must equal
-    the saved-probabilities kernel's and jax's."""
+    """The recomputing kernel's gradients (probabilities rebuilt in the backward pass) must equal the
+    default kernel's and jax's."""
     q, k, v = _qkv()
     lengths = jnp.array([13, 6])
 
@@ -72,25 +72,25 @@ def test_kernels_share_values_and_gradients():
         return jnp.sum(out * jnp.cos(out))
 
     results = {impl: jax.jit(jax.value_and_grad(functools.partial(loss, impl), argnums=(0, 1, 2)))(q, k, v)
-               for impl in ("xla", "einsum", "jax_xla")}
-    for impl in ("einsum", "jax_xla"):
+               for impl in ("xla", "recompute", "jax_xla")}
+    for impl in ("recompute", "jax_xla"):
         for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results[impl])):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_scanned_stack_saves_no_stacked_probabilities():
-    """What a scanned encoder keeps for its backward pass (traced abstractly, nothing runs): with the
-    default kernel, no ``[depth, B, H, T, T]`` probabilities; the einsum kernel does keep them, which
-    shows the check sees them."""
+    """What a scanned encoder without remat keeps for its backward pass (traced abstractly, nothing
+    runs): with the recomputing kernel, no ``[depth, B, H, T, T]`` probabilities; the default kernel
+    does keep them, which shows the check sees them."""
     depth, b, t, heads = 3, 2, 6, 2
     x = jax.ShapeDtypeStruct((b, t, 16), jnp.float32)
     found = {}
-    for impl in ("xla", "einsum"):
+    for impl in ("recompute", "xla"):
         enc = layers.Encoder(depth, dict(num_heads=heads, mlp_dim=32, causal=True, implementation=impl))
         params = nn.meta.unbox(jax.eval_shape(enc.init, jax.random.key(0), x))["params"]
         residuals = saved_residuals(lambda p, x: enc.apply({"params": p}, x), params, x)
         found[impl] = (depth, b, heads, t, t) in {tuple(aval.shape) for aval, _ in residuals}
-    assert found == {"xla": False, "einsum": True}
+    assert found == {"recompute": False, "xla": True}
 
 
 def test_auto_remat_recomputes_only_scanned_stacks_on_cpu():

@@ -27,7 +27,7 @@ from vlfm.models.feedforward import Mlp
 from vlfm.models.masks import AttentionMask, as_mask
 from vlfm.models.primitives import Array, Dtype, Proj, layer_norm, logical
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "einsum", "jax_xla", "cudnn", "auto")
+ATTENTION_IMPLEMENTATIONS = ("xla", "recompute", "jax_xla", "cudnn", "auto")
 ATTENTION_PARTS = ("probs", "logits", "queries", "keys")
 QKV_AXES = ("activation_batch", "activation_seq", "activation_heads", "activation_kv")
 CACHE_AXES = ("cache_batch", "cache_seq", "cache_heads", "cache_kv")
@@ -52,8 +52,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
     ``kv_lengths`` (right padding) and ``causal`` are added to it. Implementations
     (``ATTENTION_IMPLEMENTATIONS``):
 
-    - ``xla`` (default): ``fused_attention``, vlfm's own kernel in plain XLA ops;
-    - ``einsum``: ``scaled_attention``, the same without recomputation in the backward pass;
+    - ``xla`` (default): ``scaled_attention``, vlfm's own kernel in plain XLA ops;
+    - ``recompute``: ``fused_attention``, the same with its probabilities recomputed in the backward
+      pass (less memory in a scanned stack without remat; slower inside a remat policy, which
+      recomputes them already: benchmarks/cpu_step.py);
     - ``jax_xla``: ``jax.nn.dot_product_attention``'s XLA path (a grouped-query reshape, the scale
       applied to the score matrix, the mask broadcast to ``[B, H, T, S]``);
     - ``cudnn``: ``padded_attention`` (cuDNN's fused kernel through ``jax.nn.dot_product_attention``)
@@ -78,9 +80,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
         return padded_attention(q, k, v, kv_lengths=m.lengths, causal=m.causal, bias=bias, implementation="cudnn")
     if impl == "jax_xla":
         return jax.nn.dot_product_attention(q, k, v, bias, mask=m.dense(t, s, q.shape[0]), implementation="xla")
-    if impl == "einsum":
-        return scaled_attention(q, k, v, m.dense(t, s), bias)
-    return fused_attention(q, k, v, m.dense(t, s), bias)
+    if impl == "recompute":
+        return fused_attention(q, k, v, m.dense(t, s), bias)
+    return scaled_attention(q, k, v, m.dense(t, s), bias)
 
 
 def padded_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | None = None, causal: bool = False,
@@ -124,7 +126,7 @@ def scaled_attention(q: Array, k: Array, v: Array, allowed: Array | None = None,
 def fused_attention(q: Array, k: Array, v: Array, allowed: Array | None = None, bias: Array | None = None) -> Array:
     """``scaled_attention`` whose scores and probabilities are recomputed in the backward pass from
     ``q, k, v`` instead of being saved: a scanned stack then keeps no ``[depth, B, H, T, S]`` buffer
-    of probabilities, which on CPU costs more to write and read than one more score einsum."""
+    of probabilities (less memory; on CPU not faster, and slower under a remat policy)."""
     return scaled_attention(q, k, v, allowed, bias)
 
 
