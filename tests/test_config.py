@@ -276,7 +276,7 @@ def test_cli_help_lists_options_and_config_fields():
     out = run_trainer(["--config", "configs/clip_tiny.py", "--config.model.image.depth=1", "--help"], timeout=120)
     assert out.returncode == 0, out.stderr
     assert "[model.image] model.image (tower vit)" in out.stdout
-    assert "  depth = 1" in out.stdout and "remat='none'" in out.stdout  # set fields, then the other valid keys
+    assert "  depth = 1" in out.stdout and "remat='auto'" in out.stdout  # set fields, then the other valid keys
     assert "[optimizer.lr] optimizer.lr (learning-rate schedule)" in out.stdout
 
 

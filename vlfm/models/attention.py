@@ -27,7 +27,7 @@ from vlfm.models.feedforward import Mlp
 from vlfm.models.masks import AttentionMask, as_mask
 from vlfm.models.primitives import Array, Dtype, Proj, layer_norm, logical
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLEMENTATIONS = ("xla", "recompute", "jax_xla", "cudnn", "auto")
 ATTENTION_PARTS = ("probs", "logits", "queries", "keys")
 QKV_AXES = ("activation_batch", "activation_seq", "activation_heads", "activation_kv")
 CACHE_AXES = ("cache_batch", "cache_seq", "cache_heads", "cache_kv")
@@ -49,13 +49,22 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
     """Multi-head attention on ``[batch, seq, heads, head_dim]`` inputs.
 
     ``mask`` is an ``AttentionMask`` or a boolean ``[batch, heads|1, q_len, kv_len]`` array;
-    ``kv_lengths`` (right padding) and ``causal`` are added to it. ``cudnn`` runs when the mask is
-    only lengths + causal (``AttentionMask.fast_path``); it pads both sequences to a multiple of 16
-    (cuDNN's fused kernel rejects other lengths) and passes the real lengths, so the padding never
-    changes the result. Other masks run the XLA path with the dense mask. ``return_probs`` (and
-    attention dropout) use the einsum path and give ``(out, probs [B, H, T, S] float32)``.
-    ``bias`` (optional, ``[B|1, H|1, T, S]``) is added to the scaled logits before the softmax on every
-    path (a relative-position bias); the cuDNN path pads it with the sequences.
+    ``kv_lengths`` (right padding) and ``causal`` are added to it. Implementations
+    (``ATTENTION_IMPLEMENTATIONS``):
+
+    - ``xla`` (default): ``scaled_attention``, vlfm's own kernel in plain XLA ops;
+    - ``recompute``: ``fused_attention``, the same with its probabilities recomputed in the backward
+      pass (less memory in a scanned stack without remat; slower inside a remat policy, which
+      recomputes them already: benchmarks/cpu_step.py);
+    - ``jax_xla``: ``jax.nn.dot_product_attention``'s XLA path (a grouped-query reshape, the scale
+      applied to the score matrix, the mask broadcast to ``[B, H, T, S]``);
+    - ``cudnn``: ``padded_attention`` (cuDNN's fused kernel through ``jax.nn.dot_product_attention``)
+      when the mask is only lengths + causal (``AttentionMask.fast_path``), else ``xla``;
+    - ``auto``: ``cudnn`` for 16-bit inputs on a GPU, else ``xla``.
+
+    ``return_probs`` (and attention dropout) use the explicit path and give
+    ``(out, probs [B, H, T, S] float32)``. ``bias`` (optional, ``[B|1, H|1, T, S]``) is added to the
+    scaled logits before the softmax on every path (a relative-position bias).
     """
     impl = _resolve_implementation(implementation, q.dtype)
     m = as_mask(mask, kv_lengths=kv_lengths, causal=causal)
@@ -64,22 +73,61 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | N
     if return_probs or (dropout_rate > 0.0 and dropout_rng is not None):
         out, probs = _einsum_attention(q, k, v, m, dropout_rate=dropout_rate, dropout_rng=dropout_rng, bias=bias)
         return (out, probs) if return_probs else out
-    b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    t, s = q.shape[1], k.shape[1]
     if bias is not None:
         bias = bias.astype(q.dtype)
     if impl == "cudnn" and m.fast_path:
-        pad_t, pad_s = -t % 16, -s % 16
-        q_len = jnp.full((b,), t, jnp.int32)
-        kv_len = jnp.full((b,), s, jnp.int32) if m.lengths is None else m.lengths.astype(jnp.int32)
-        q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
-        k = jnp.pad(k, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
-        v = jnp.pad(v, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
-        if bias is not None:
-            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
-        out = jax.nn.dot_product_attention(q, k, v, bias, is_causal=m.causal, query_seq_lengths=q_len,
-                                           key_value_seq_lengths=kv_len, implementation="cudnn")
-        return out[:, :t]
-    return jax.nn.dot_product_attention(q, k, v, bias, mask=m.dense(t, s, b), implementation="xla")
+        return padded_attention(q, k, v, kv_lengths=m.lengths, causal=m.causal, bias=bias, implementation="cudnn")
+    if impl == "jax_xla":
+        return jax.nn.dot_product_attention(q, k, v, bias, mask=m.dense(t, s, q.shape[0]), implementation="xla")
+    if impl == "recompute":
+        return fused_attention(q, k, v, m.dense(t, s), bias)
+    return scaled_attention(q, k, v, m.dense(t, s), bias)
+
+
+def padded_attention(q: Array, k: Array, v: Array, *, kv_lengths: Array | None = None, causal: bool = False,
+                     bias: Array | None = None, implementation: str = "cudnn", multiple: int = 16) -> Array:
+    """``jax.nn.dot_product_attention`` with both sequences padded to a multiple of ``multiple`` (cuDNN's
+    fused kernel rejects other lengths) and the real lengths passed (``query_seq_lengths``,
+    ``key_value_seq_lengths``: right padding of the keys), so the padding never changes the result.
+    ``implementation`` is handed to jax: ``cudnn`` in use; ``xla`` runs the same padding on any backend
+    (how the tests check it against unpadded attention)."""
+    b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    pad_t, pad_s = -t % multiple, -s % multiple
+    q_len = jnp.full((b,), t, jnp.int32)
+    kv_len = jnp.full((b,), s, jnp.int32) if kv_lengths is None else kv_lengths.astype(jnp.int32)
+    q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+    k = jnp.pad(k, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    if bias is not None:
+        bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
+    out = jax.nn.dot_product_attention(q, k, v, bias, is_causal=causal, query_seq_lengths=q_len,
+                                       key_value_seq_lengths=kv_len, implementation=implementation)
+    return out[:, :t]
+
+
+def scaled_attention(q: Array, k: Array, v: Array, allowed: Array | None = None, bias: Array | None = None) -> Array:
+    """Softmax attention in two einsums: the scale is folded into ``q`` (``[B, T, H, d]``, not the
+    ``[B, H, T, S]`` scores), one einsum per head without a grouped reshape, and the boolean mask
+    ``allowed`` (``[B|1, 1|H, T, S]``, from ``AttentionMask.dense`` without the batch broadcast) is
+    broadcast inside the ``where`` rather than materialised per head. Scores and softmax in float32,
+    as ``jax.nn.dot_product_attention``."""
+    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+@functools.partial(jax.checkpoint, prevent_cse=False)
+def fused_attention(q: Array, k: Array, v: Array, allowed: Array | None = None, bias: Array | None = None) -> Array:
+    """``scaled_attention`` whose scores and probabilities are recomputed in the backward pass from
+    ``q, k, v`` instead of being saved: a scanned stack then keeps no ``[depth, B, H, T, S]`` buffer
+    of probabilities (less memory; on CPU not faster, and slower under a remat policy)."""
+    return scaled_attention(q, k, v, allowed, bias)
 
 
 def _einsum_attention(q: Array, k: Array, v: Array, mask: AttentionMask, *, dropout_rate: float = 0.0,

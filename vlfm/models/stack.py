@@ -35,6 +35,19 @@ REMAT_POLICIES: dict[str, Any] = {
 EMBED_AXES = ("activation_batch", "activation_seq", "activation_embed")
 
 
+def resolve_remat(remat: str, scan: bool) -> str:
+    """``auto``: ``dots_no_batch`` for a scanned stack on CPU, else ``none``. A scanned stack keeps each
+    residual of its backward pass in a ``[depth, ...]`` buffer that the step zero-fills and slices layer
+    by layer; on CPU writing and reading those buffers costs more than recomputing the layer norms,
+    activations and attention scores from the saved projections (benchmarks/cpu_step.py). Accelerators
+    keep ``none`` until measured."""
+    if remat == "auto":
+        return "dots_no_batch" if scan and jax.default_backend() == "cpu" else "none"
+    if remat != "none" and remat not in REMAT_POLICIES:
+        raise KeyError(f"unknown remat policy {remat!r}; valid: none, auto, {', '.join(REMAT_POLICIES)}")
+    return remat
+
+
 class TransformerBlock(nn.Module):
     """One transformer layer, pre-LN (ViT, CLIP) or post-LN (BERT).
 
@@ -206,8 +219,7 @@ def run_segments(module: nn.Module, segments: Sequence[Segment], carry: Any, xs:
     ``total_depth``-layer stack, whose drop-path rates and ``attention_layers`` indices they use
     (``xs`` still has one row per layer of these segments). Default: the segments are the whole stack.
     """
-    if remat != "none" and remat not in REMAT_POLICIES:
-        raise KeyError(f"unknown remat policy {remat!r}; valid: none, {', '.join(REMAT_POLICIES)}")
+    remat = resolve_remat(remat, scan)
     own = sum(s.depth for s in segments)
     total = own if total_depth is None else total_depth
     if first_layer < 0 or first_layer + own > total:
@@ -342,8 +354,8 @@ class Encoder(nn.Module):
     """A stack of ``depth`` identical ``TransformerBlock``s, scanned (one compiled layer) or unrolled.
 
     With ``scan`` the parameters carry a leading ``layers`` axis (``layers/...``), else they are
-    ``layer_{i}/...``. ``remat`` names a checkpoint policy (``none``, ``full``, ``dots``,
-    ``dots_no_batch``, ``save_proj``). Drop-path rates rise linearly from 0 to ``drop_path_rate`` over
+    ``layer_{i}/...``. ``remat`` names a checkpoint policy (``none``, ``auto``: ``resolve_remat``,
+    ``full``, ``dots``, ``dots_no_batch``, ``save_proj``). Drop-path rates rise linearly from 0 to ``drop_path_rate`` over
     depth. ``collect_hidden`` also returns every layer's output. Self-attention masking is
     ``kv_lengths`` (right padding), a boolean ``key_mask [B, T]`` and/or an ``AttentionMask``
     (``mask``); ``context``/``context_mask`` feed cross-attention blocks, ``modality_ids`` expert

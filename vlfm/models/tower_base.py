@@ -25,7 +25,7 @@ class TransformerTower(nn.Module):
     drop_path_rate: float = 0.0
     init_std: float | None = None
     scan: bool = True
-    remat: str = "none"
+    remat: str = "auto"  # vlfm.models.stack.resolve_remat: dots_no_batch when scanned on CPU, else none
     attention: str = "xla"
     collect_hidden: bool = False
     attention_layers: tuple[int, ...] = ()  # layers whose attention probabilities are sown (distillation)
