@@ -53,6 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import synthetic_batch  # noqa: E402  (the sibling benchmark's random batches)
+
 from vlfm.core.sharding import make_mesh, rules_from_config, to_global_batch
 from vlfm.core.tree import count_params
 from vlfm.models import build_model
@@ -81,18 +84,6 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANTS = ("scan/xla", "unrolled/xla", "scan/jax_xla", "unrolled/jax_xla", "scan/recompute",
                     "scan/xla/none", "scan/jax_xla/none", "scan/recompute/none")
-
-
-def _synthetic(example: dict, batch_size: int) -> dict:
-    rng = np.random.default_rng(0)
-    out = {}
-    for k, v in example.items():
-        v = np.asarray(v)
-        if v.dtype.kind == "f":
-            out[k] = rng.normal(size=(batch_size, *v.shape)).astype(v.dtype)
-        elif v.dtype.kind in "iu":
-            out[k] = np.broadcast_to(v, (batch_size, *v.shape)).copy()
-    return out
 
 
 def _temp_mib(compiled: Any) -> float | None:
@@ -145,7 +136,7 @@ def vlfm_runner(shape: str, variant: str) -> Runner:
         step_fn = make_train_step(model, [task], tx, schedule, seed=0, prefix_metrics=False)
         jitted = jax.jit(step_fn, in_shardings=(shardings, None, None), out_shardings=(shardings, None),
                          donate_argnums=0)
-        batch = {task.name: to_global_batch(_synthetic(example, spec["batch"]), mesh)}
+        batch = {task.name: to_global_batch(synthetic_batch(example, spec["batch"]), mesh)}
         start = time.perf_counter()
         compiled = jitted.lower(state, batch, {}).compile()
         compile_s = time.perf_counter() - start
