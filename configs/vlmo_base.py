@@ -3,12 +3,12 @@ pretrained with image-text contrast (ITC: the image-only / text-only passes, and
 through the VL experts), ITM with hard negatives drawn from the contrastive similarities, and MLM on
 the fused pass (weight 0.25, as microsoft/unilm ``vlmo``).
 
-Parameters (``tests/test_vlmo.py`` checks them with ``jax.eval_shape``): 175,385,568 for the backbone
+Parameters (``tests/test_vlmo.py`` checks them with ``jax.eval_shape``): 175,430,496 for the backbone
 (text embeddings 23,474,688, patch embeddings and class token 591,360, modality types 1,536, the MoME
-transformer 151,317,984 with its relative-position table of 117,216), 202,400,542 with the heads (MLM
+transformer 151,362,912 with its relative-position table of 162,144), 202,445,470 with the heads (MLM
 24,063,546 untied, four 768x768 contrastive projections, pooler, ITM, two temperatures). The paper
-reports 175M. The relative-position table here covers ``max_text_len`` = 40 text positions; the public
-VLMo table keeps rows for 196 (``max_text_len_of_initckpt``, 44,928 more parameters).
+reports 175M. As the public VLMo table, the relative-position table keeps rows for 196 text positions
+(``relative_text_len``, the public ``max_text_len_of_initckpt``) while text is 40 tokens long.
 
 Layout (microsoft/unilm ``vlmo_base_patch16``): pre-LN, LayerNorm eps 1e-6 (BERT embeddings 1e-12),
 exact GELU, q and v bias without k bias, layer scale 0.1, BEiT relative position bias (one table for
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config()
     c.total_steps = 200_000
     c.model = ml_collections.ConfigDict(dict(
-        name="vlmo", vocab_size=30522, max_text_len=40, image_size=224, patch_size=16, width=768, depth=12,
+        name="vlmo", vocab_size=30522, max_text_len=40, relative_text_len=196, image_size=224, patch_size=16, width=768, depth=12,
         num_heads=12, mlp_dim=3072, vl_depth=2, qkv_bias="qv", layer_scale=0.1, relative_position=True,
         ln_eps=1e-6, text_ln_eps=1e-12, act="gelu", init_std=0.02, drop_path_rate=0.1, contrastive_dim=768,
         vl_contrastive=True, mlm=True, itm="hard", dtype="bfloat16", attention="auto",

@@ -171,6 +171,20 @@ def test_relative_position_index_layout():
         relative_position_index("image", 6, grid, max_text)
 
 
+def test_text_index_of_a_table_longer_than_the_text():
+    # VLMo's public checkpoints keep 196 text positions and fine-tune on 40: the public construction,
+    # written out (min distance 2 - 196, shifted past the image entries and the two cross-modal ones)
+    grid, table_len, text_len = (14, 14), 196, 40
+    image_entries = (2 * 14 - 1) ** 2 + 3
+    every = image_entries + 2 * table_len + 2
+    pos = np.arange(text_len - 1)
+    want = np.zeros((text_len, text_len), np.int64)
+    want[1:, 1:] = (pos[None, :] - pos[:, None]) - (2 - table_len) + image_entries + 2
+    want[0, :], want[:, 0], want[0, 0] = every - 3, every - 2, every - 1
+    assert num_relative_entries(grid, table_len) == every
+    np.testing.assert_array_equal(relative_position_index("text", text_len, grid, table_len), want)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The transformer: three modes, one parameter set, scanned
 

@@ -32,9 +32,11 @@ def test_vlmo_base_parameter_count():
                                                "sampling": jax.random.key(2)}, batch, train=True))
     params = nn.meta.unbox(boxed["params"])
     backbone = {k: params[k] for k in ("text_embeddings", "image_embeddings", "modality_embed", "transformer")}
-    assert _count(backbone) == 175_385_568  # the paper's 175M
-    assert _count(params["transformer"]) == 151_317_984
-    assert _count(params) == 202_400_542
+    assert _count(backbone) == 175_430_496  # the paper's 175M
+    assert _count(params["transformer"]) == 151_362_912
+    # the public table: image entries, 2 cross-modal, 2 x 196 text rows, one column per layer and head
+    assert params["transformer"]["rel_pos"]["table"].shape == ((2 * 14 - 1) ** 2 + 3 + 2 + 2 * 196, 12 * 12)
+    assert _count(params) == 202_445_470
     layer = params["transformer"]["vl_layers"]
     assert set(layer) >= {"ffn_image", "ffn_text", "ffn_vl"} and "ffn_vl" not in params["transformer"]["layers"]
     assert layer["ffn_vl"]["mlp"]["fc1"]["kernel"].shape == (2, 768, 3072)

@@ -71,6 +71,9 @@ class Vlmo(FusionModel):
     multiway_attention: bool = False
     sub_ln: bool = False
     relative_position: bool = True
+    # Text positions the relative-position table covers (None: ``max_text_len``). The public VLMo
+    # checkpoints keep rows for 196 (``max_text_len_of_initckpt``) and fine-tune on shorter text.
+    relative_text_len: int | None = None
     # Learned absolute positions for the image patches as well as the relative position bias (BEiT's and
     # VLMo's ``use_abs_pos_emb``): the bias alone gives offsets between patches, not where a patch is.
     # Without the bias (``relative_position=False``) the image embedding always has learned positions.
@@ -104,6 +107,10 @@ class Vlmo(FusionModel):
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         grid = self.image_size // self.patch_size
+        rel_text_len = self.relative_text_len or self.max_text_len
+        if rel_text_len < self.max_text_len:
+            raise ValueError(f"relative_text_len {rel_text_len} < max_text_len {self.max_text_len}: the relative "
+                             "position table must cover every text position")
         self.text_embeddings = TextEmbed(self.vocab_size, self.width, self.max_text_len, self.type_vocab_size,
                                     ln_eps=self.text_ln_eps, dropout_rate=self.dropout_rate, init_std=self.init_std,
                                     dtypes=self.dtypes)
@@ -119,7 +126,7 @@ class Vlmo(FusionModel):
             act=self.act, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale, sub_ln=self.sub_ln,
             dropout_rate=self.dropout_rate,
             attn_dropout_rate=self.attn_dropout_rate, drop_path_rate=self.drop_path_rate, init_std=self.init_std,
-            relative_position=self.relative_position, image_grid=(grid, grid), max_text_len=self.max_text_len,
+            relative_position=self.relative_position, image_grid=(grid, grid), max_text_len=rel_text_len,
             scan=self.scan, remat=self.remat, implementation=self.attention,
             attention_layers=tuple(self.attention_layers), dtype=dtype, param_dtype=pdtype)
         self.pooler = layers.Proj((self.width,), ("embed", "proj"), init_std=self.init_std, dtype=dtype,
