@@ -6,6 +6,7 @@ Command:
     python -m vlfm.train --config configs/r2d2_tiny.py --workdir workdirs/r2d2_tiny
     python -m vlfm.train --config configs/r2d2_tiny.py:plain --workdir workdirs/r2d2_tiny_plain   # no TgD
     python -m vlfm.train --config configs/r2d2_tiny.py:fgd --workdir workdirs/r2d2_tiny_fgd       # TgD + FgD
+    python -m vlfm.train --config configs/r2d2_tiny.py:tgd_gcpr --workdir workdirs/r2d2_tiny_gcpr # TgD on GCPR only
 
 Model: a CLIP-style ViT (32 px, 8 px patches) and a BERT text tower (3 layers, width 64 each), a
 contrastive head (64-d), and two 2-layer cross encoders of width 64 (text queries over the image tokens;
@@ -15,7 +16,10 @@ positive here; give ``label_key`` an image id where captions share images), with
 momentum distillation (``config.momentum.decay=0.995``): the teacher's softmax over the batch mixes into
 the targets. Evaluated on 500 held-out pairs: retrieval by the dual encoder alone (``dual_*``) and
 re-ranked over its top 10 by both cross encoders (``rerank``), by the text-image encoder alone
-(``rerank_text``) and by the image-text encoder alone (``rerank_image``); ITM accuracy. ``:fgd`` adds
+(``rerank_text``) and by the image-text encoder alone (``rerank_image``); ITM accuracy. TgD on the ranking
+losses: the momentum model's two cross encoders score the student's own [positive; hard-negative] pairs
+(``config.momentum.from_student`` hands them the student's draws) and ``itm`` with ``alpha=0.4`` mixes
+their softmax into the one-hot targets. ``:tgd_gcpr`` keeps TgD on the pre-ranking only. ``:fgd`` adds
 feature-guided distillation: the student encodes the caption with 15% of its words masked and
 ``kd_hidden`` (cosine) pulls that embedding onto the momentum teacher's embedding of the full caption.
 
@@ -36,10 +40,10 @@ CROSS_AND_HEADS = ((r"(fusion_layers|text_transform|image_transform|type_embed)/
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "plain", "fgd"):
-        raise ValueError(f"configs/r2d2_tiny.py takes no argument, 'plain' (no momentum distillation) or 'fgd' "
-                         f"(feature-guided distillation too), got {arg!r}")
-    tgd, fgd = arg != "plain", arg == "fgd"
+    if arg not in (None, "", "plain", "fgd", "tgd_gcpr"):
+        raise ValueError(f"configs/r2d2_tiny.py takes no argument, 'plain' (no momentum distillation), 'fgd' "
+                         f"(feature-guided distillation too) or 'tgd_gcpr' (TgD on the pre-ranking only), got {arg!r}")
+    tgd, fgd, tgd_ranking = arg != "plain", arg == "fgd", arg not in ("plain", "tgd_gcpr")
     c = base_config()
     c.total_steps = 1500
     c.model = ml_collections.ConfigDict(dict(
@@ -55,14 +59,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     itm = lambda **extra: dict(fn="itm", class_weights=tuple([1.0, 2.0]), weight=1.0, **extra)  # noqa: E731
     c.losses = ml_collections.ConfigDict(dict(
         multi_positive_contrastive=dict(alpha=0.4 if tgd else 0.0, weight=1.0),
-        itm=itm(),
-        itm_image=itm(logits_key="itm_image_logits"),
+        itm=itm(alpha=0.4 if tgd_ranking else 0.0),
+        itm_image=itm(logits_key="itm_image_logits", alpha=0.4 if tgd_ranking else 0.0),
     ))
     if fgd:
         c.losses.kd_hidden = dict(teacher="momentum", student_key="fgd_text_embed", teacher_key="text_embed",
                                   distance="cosine", weight=1.0)
     if tgd:
         c.momentum.decay = 0.995
+    if tgd_ranking:  # the momentum cross encoders score the student's hard-negative pairs
+        c.momentum.from_student = tuple(["itm_neg_image", "itm_neg_text"])
     c.data = ml_collections.ConfigDict(dict(name="shapes_vl", num_examples=20_000, image_size=32, max_objects=2,
                                             max_len=24, mlm_prob=0.15 if fgd else 0.0, batch_size=64, num_workers=0,
                                             train_split="train"))

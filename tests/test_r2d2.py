@@ -97,3 +97,67 @@ def test_kd_hidden_reads_the_momentum_model_as_teacher():
     assert float(loss) == pytest.approx(1.0)  # orthogonal vectors: 1 - cos = 1
     with pytest.raises(KeyError, match="config.momentum.decay"):
         kd_hidden({"fgd_text_embed": s}, {}, teacher="momentum", student_key="fgd_text_embed")
+
+
+def test_itm_momentum_distillation_hand_computed():
+    from vlfm.losses.itm import itm_loss
+
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    teacher = jnp.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = jnp.array([1, 0, 0])
+    out = {"itm_logits": logits, "itm_labels": labels, "momentum": {"itm_logits": teacher}}
+    loss, metrics = itm_loss(out, {}, class_weights=(1.0, 2.0), alpha=0.4)
+    lp = np.log(np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(-1, keepdims=True))
+    soft = np.exp(np.asarray(teacher)) / np.exp(np.asarray(teacher)).sum(-1, keepdims=True)
+    target = 0.6 * np.eye(2)[[1, 0, 0]] + 0.4 * soft
+    w = np.array([2.0, 1.0, 1.0])
+    assert float(loss) == pytest.approx(float((w * -(target * lp).sum(-1)).sum() / w.sum()), rel=1e-6)
+    assert float(metrics["teacher_accuracy"]) == pytest.approx(1 / 3)  # the teacher gets only row 3 right
+    with pytest.raises(KeyError, match="from_student"):
+        itm_loss({"itm_logits": logits, "itm_labels": labels, "momentum": {"itm_logits": teacher[:1]}}, {}, alpha=0.4)
+
+
+def test_momentum_model_scores_the_pairs_the_student_drew():
+    """``config.momentum.from_student``: the momentum model runs after the student on its hard-negative
+    draws. With the student's parameters (the first step; dropout off) it scores exactly the student's
+    pairs; without the draws it would score each row with itself (8 pairs, not 24)."""
+    import optax
+
+    from vlfm.losses import combined_loss
+    from vlfm.optim.combine import build_combiner
+    from vlfm.train.forward import Forward
+    from vlfm.train.momentum import build_momentum
+    from vlfm.train.state import TaskInit, init_batch, state_initializer
+    from vlfm.train.step import make_train_step
+    from vlfm.train.tasks import Task
+
+    no_dropout = dict(TOWERS, text=dict(TOWERS["text"], dropout_rate=0.0, attn_dropout_rate=0.0))
+    model = build_model(dict(name="r2d2", **no_dropout))
+    r = np.random.default_rng(0)
+    batch = {"image": r.normal(size=(8, 16, 16, 3)).astype(np.float32),
+             "text": r.integers(5, 40, size=(8, 6)).astype(np.int32), "text_mask": np.ones((8, 6), np.int32)}
+    momentum = build_momentum(dict(decay=0.9, from_student=["itm_neg_image", "itm_neg_text"]))
+    loss_fn = combined_loss({"itm": dict(alpha=0.5), "itm_image": dict(fn="itm", logits_key="itm_image_logits",
+                                                                        alpha=0.5)})
+    task = Task("main", None, 8, loss_fn)
+    tx = optax.chain(build_combiner(None, {"main": 1.0}), optax.adam(1e-3))
+    example = {k: v[0] for k, v in batch.items()}
+    init = state_initializer(model, tx, tasks=[TaskInit("main", init_batch(example, 8))], momentum=momentum)
+    state = jax.jit(init)(jax.random.key(0))
+    # the mechanism: the momentum model (eval mode) on the student's draws gives the student's pair logits
+    params = flax.linen.unbox(state["params"])
+    rngs = {"sampling": jax.random.key(3), "dropout": jax.random.key(4)}
+    student = jax.jit(lambda p, b: model.apply({"params": p}, b, train=True, rngs=rngs))(
+        params, batch)
+    teacher = jax.jit(lambda p, b, s: momentum.outputs(model, Forward(), "main", p, {}, b, student=s)["momentum"])(
+        params, batch, {k: student[k] for k in momentum.from_student})
+    assert teacher["itm_logits"].shape == (24, 2)
+    for key in ("itm_logits", "itm_image_logits", "itm_labels"):
+        np.testing.assert_allclose(teacher[key], student[key], rtol=1e-5, atol=1e-6)
+    # and in the step, where it runs after the student inside the loss
+    step = jax.jit(make_train_step(model, [task], tx, optax.constant_schedule(1e-3), seed=0, momentum=momentum))
+    _, metrics = step(state, {"main": batch}, {})
+    for name in ("itm", "itm_image"):
+        assert float(metrics[f"main/{name}/teacher_accuracy"]) == float(metrics[f"main/{name}/accuracy"])
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        make_train_step(model, [task], tx, optax.constant_schedule(1e-3), seed=0, momentum=momentum, accum_steps=2)

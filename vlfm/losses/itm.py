@@ -92,16 +92,31 @@ def hard_negative_pairs(neg_image: jax.Array, neg_text: jax.Array) -> tuple[jax.
 @LOSSES.register("itm")
 @negatives_from_batch
 def itm_loss(outputs: dict, batch: dict, logits_key: str = "itm_logits", label_key: str = "itm_labels",
-             class_weights: tuple[float, float] | None = None) -> tuple[jax.Array, dict]:
+             class_weights: tuple[float, float] | None = None, alpha: float = 0.0) -> tuple[jax.Array, dict]:
     """2-way cross-entropy on the pairs the model built (``outputs["itm_labels"]``: 1 = match).
 
     ``class_weights`` = (negative, positive) weights, e.g. R2D2's (1, 2); the loss is then the
-    weighted mean, as torch's weighted ``cross_entropy``. Metrics: accuracy overall and per class.
+    weighted mean, as torch's weighted ``cross_entropy``. ``alpha > 0``: momentum distillation (R2D2's
+    target-guided distillation on ranking), the target becomes ``(1 - alpha) * onehot + alpha *
+    softmax(momentum logits)``, the momentum model scoring the same pairs (``config.momentum.from_student``
+    with the draws, ``itm_neg_image`` / ``itm_neg_text``). Metrics: accuracy overall and per class.
     """
     del batch
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"itm: alpha must be in [0, 1], got {alpha}")
     logits = outputs[logits_key].astype(jnp.float32)
     labels = outputs[label_key]
-    per_pair = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if alpha > 0:
+        teacher = outputs.get("momentum", {}).get(logits_key)
+        if teacher is None or teacher.shape != logits.shape:
+            raise KeyError(f"itm with alpha > 0 needs the momentum model's {logits_key!r} on the student's pairs: set "
+                           "config.momentum.decay and config.momentum.from_student=('itm_neg_image', 'itm_neg_text')"
+                           + ("" if teacher is None else f" (momentum gives shape {teacher.shape}, student "
+                                                         f"{logits.shape})"))
+        teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
+        targets = (1.0 - alpha) * targets + alpha * jax.nn.softmax(teacher, -1)
+    per_pair = optax.softmax_cross_entropy(logits, targets)
     if class_weights is None:
         loss = per_pair.mean()
     else:
@@ -114,4 +129,6 @@ def itm_loss(outputs: dict, batch: dict, logits_key: str = "itm_logits", label_k
         "pos_accuracy": jnp.sum(correct & pos) / jnp.maximum(pos.sum(), 1),
         "neg_accuracy": jnp.sum(correct & ~pos) / jnp.maximum((~pos).sum(), 1),
     }
+    if alpha > 0:
+        metrics["teacher_accuracy"] = (jnp.argmax(teacher, -1) == labels).mean()
     return loss, metrics

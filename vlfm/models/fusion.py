@@ -254,8 +254,9 @@ class FusionModel(TransformerTower):
       ``text`` when absent) fused with the paired image;
     - ``itm`` (``random`` or ``hard``): ``itm_logits``, ``itm_labels`` and the fused tokens/masks of
       the pairs (``itm_text_tokens`` ... for word-patch alignment). Pairs are built in training only;
-      at evaluation every pair is the batch's own (label 1). Tests may inject the draws:
-      ``batch["itm_image_index"]`` (random) or ``batch["itm_neg_image"]``/``["itm_neg_text"]`` (hard);
+      at evaluation every pair is the batch's own (label 1). The draws may be given, then they build the
+      pairs in any mode: ``batch["itm_image_index"]`` (random) or ``batch["itm_neg_image"]``/``["itm_neg_text"]``
+      (hard; the hard draws are also outputs, so a momentum model can score the student's pairs);
     - ``vqa_answers``: ``vqa_logits``; ``num_classes``: ``logits`` for one (image, text) pair (visual
       entailment); ``pair_classes``: ``logits`` for (``image``, ``image2``, ``text``) (NLVR2: the two
       images get modality types 1 and 2 and the two pooled vectors are concatenated).
@@ -308,23 +309,25 @@ class FusionModel(TransformerTower):
 
     def itm_pairs(self, batch: dict, outputs: dict, batch_size: int,
                   train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(text index, image index, label) of the ITM pairs."""
+        """(text index, image index, label) of the ITM pairs. Draws given in the batch build the pairs in
+        any mode (a momentum model scores the pairs its student drew); else training draws, eval pairs
+        each row with itself."""
         rows = jnp.arange(batch_size, dtype=jnp.int32)
+        if self.itm == "random" and "itm_image_index" in batch:
+            image_idx = batch["itm_image_index"].astype(jnp.int32)
+            return rows, image_idx, (image_idx == rows).astype(jnp.int32)
+        if self.itm == "hard" and "itm_neg_image" in batch:
+            return itm_lib.hard_negative_pairs(batch["itm_neg_image"].astype(jnp.int32),
+                                               batch["itm_neg_text"].astype(jnp.int32))
         if not train:
             return rows, rows, jnp.ones((batch_size,), jnp.int32)
         if self.itm == "random":
-            if "itm_image_index" in batch:
-                image_idx = batch["itm_image_index"].astype(jnp.int32)
-                return rows, image_idx, (image_idx == rows).astype(jnp.int32)
             image_idx, labels = itm_lib.random_negatives(self.make_rng("sampling"), batch_size)
             return rows, image_idx, labels
         if "image_embed" not in outputs:
             raise ValueError("itm='hard' samples negatives from contrastive similarities: set contrastive_dim")
-        if "itm_neg_image" in batch:
-            neg_image, neg_text = batch["itm_neg_image"], batch["itm_neg_text"]
-        else:
-            neg_image, neg_text = itm_lib.hard_negatives(self.make_rng("sampling"), outputs["image_embed"],
-                                                         outputs["text_embed"], outputs["logit_scale"])
+        neg_image, neg_text = itm_lib.hard_negatives(self.make_rng("sampling"), outputs["image_embed"],
+                                                     outputs["text_embed"], outputs["logit_scale"])
         return itm_lib.hard_negative_pairs(neg_image.astype(jnp.int32), neg_text.astype(jnp.int32))
 
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
@@ -343,10 +346,14 @@ class FusionModel(TransformerTower):
                 else text
             out["mlm_logits"] = self.mlm_head(self.fuse(masked, image, 1, train)["text_tokens"])
         if self.itm != "none":
-            text_idx, image_idx, labels = self.itm_pairs(batch, out, batch["text"].shape[0], train)
-            pairs = self.fuse(take_rows(text, text_idx), take_rows(image, image_idx), 1, train) if train else plain()
+            b = batch["text"].shape[0]
+            text_idx, image_idx, labels = self.itm_pairs(batch, out, b, train)
+            drawn = train or "itm_image_index" in batch or "itm_neg_image" in batch
+            pairs = self.fuse(take_rows(text, text_idx), take_rows(image, image_idx), 1, train) if drawn else plain()
             out.update(self.itm_outputs(pairs), itm_labels=labels,
                        **{f"itm_{k}": pairs[k] for k in ("text_tokens", "image_tokens", "text_mask", "image_mask")})
+            if self.itm == "hard" and text_idx.shape[0] == 3 * b:  # the draws, for a momentum model to score
+                out.update(itm_neg_image=image_idx[b:2 * b], itm_neg_text=text_idx[2 * b:])
         if self.vqa_answers:
             out["vqa_logits"] = self.vqa_head(plain()["pooled"])
         if self.num_classes:

@@ -45,7 +45,7 @@ def base_config() -> ConfigDict:
     c.eval_with_ema = False
     # Momentum (EMA) encoders and queues seen by the losses (vlfm.train.momentum); off while decay is None.
     c.momentum = ConfigDict(dict(decay=ml_collections.config_dict.placeholder(float), queue_size=0, queue_keys=(),
-                                 tasks=()))
+                                 tasks=(), from_student=()))
     c.model = ConfigDict()
     c.losses = ConfigDict()
     # Several objectives / data streams (vlfm.train.tasks); empty = one task from `data` and `losses`.

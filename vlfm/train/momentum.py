@@ -10,7 +10,11 @@
 - ``queue_keys``: what the queue keeps per row, each a momentum-model output (``image_embed``, ...)
   or, failing that, a batch key (``label``, an image id). The queue holds the global batch, in batch
   order, from the momentum model (never the student), as MoCo and ALBEF keep it;
-- ``tasks``: the tasks whose steps run the momentum model and enqueue (empty: every task).
+- ``tasks``: the tasks whose steps run the momentum model and enqueue (empty: every task);
+- ``from_student``: student outputs the momentum model receives as batch entries, so it scores what the
+  student drew (``itm_neg_image``, ``itm_neg_text``: the student's hard-negative ITM pairs, for
+  momentum-distilled ranking losses, R2D2's TgD). The momentum model then runs after the student's
+  forward pass (inside the loss, without gradient) instead of before it; the queue is filled from that run.
 
 The losses of those tasks see ``outputs["momentum"]`` (the momentum model's outputs for the batch, in
 eval mode, without gradient) and ``outputs["queue"]`` (the queue before this step's rows are added:
@@ -36,7 +40,7 @@ import numpy as np
 from vlfm.optim import ema_update
 from vlfm.train.forward import Forward
 
-MOMENTUM_KEYS = ("decay", "queue_size", "queue_keys", "tasks")
+MOMENTUM_KEYS = ("decay", "queue_size", "queue_keys", "tasks", "from_student")
 QUEUE_AXIS = "activation_batch"
 
 
@@ -48,6 +52,7 @@ class Momentum:
     queue_size: int = 0
     queue_keys: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
+    from_student: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= self.decay <= 1.0:
@@ -112,8 +117,15 @@ class Momentum:
         return ema_update(momentum_state["params"], params, self.decay)
 
     def outputs(self, model: nn.Module, forward: Forward, task: str, momentum_params: Any, momentum_state: dict,
-                batch: Mapping[str, Any]) -> dict:
-        """What the task's losses see: ``momentum`` (the momentum model's outputs) and ``queue`` (if any)."""
+                batch: Mapping[str, Any], student: Mapping[str, Any] | None = None) -> dict:
+        """What the task's losses see: ``momentum`` (the momentum model's outputs) and ``queue`` (if any).
+        With ``from_student``, ``student`` are the student's outputs whose ``from_student`` keys join the batch."""
+        if self.from_student:
+            missing = [k for k in self.from_student if student is None or k not in student]
+            if missing:
+                raise KeyError(f"config.momentum.from_student: task {task!r}'s student gives no {missing} (outputs: "
+                               f"{sorted(student or {})})")
+            batch = dict(batch, **{k: jax.lax.stop_gradient(student[k]) for k in self.from_student})
         out = forward.apply(model, momentum_params, batch, task=task, train=False)
         extra = {"momentum": jax.lax.stop_gradient(out)}
         if self.queue_size:
@@ -152,14 +164,15 @@ def build_momentum(cfg: Mapping[str, Any] | None) -> Momentum | None:
     if unknown:
         raise KeyError(f"config.momentum has unknown keys {unknown}; valid keys: {', '.join(MOMENTUM_KEYS)}")
     if cfg.get("decay") is None:
-        extra = sorted(k for k in ("queue_size", "queue_keys", "tasks") if cfg.get(k))
+        extra = sorted(k for k in ("queue_size", "queue_keys", "tasks", "from_student") if cfg.get(k))
         if extra:
             raise ValueError(f"config.momentum sets {extra} but no decay: set config.momentum.decay to use them")
         return None
     keys = cfg.get("queue_keys") or ()
     tasks = cfg.get("tasks") or ()
-    for what, value in (("queue_keys", keys), ("tasks", tasks)):
+    follow = cfg.get("from_student") or ()
+    for what, value in (("queue_keys", keys), ("tasks", tasks), ("from_student", follow)):
         if isinstance(value, str):
             raise TypeError(f"config.momentum.{what} must be a list of names, got the string {value!r}")
     return Momentum(decay=float(cfg["decay"]), queue_size=int(cfg.get("queue_size") or 0),
-                    queue_keys=tuple(keys), tasks=tuple(tasks))
+                    queue_keys=tuple(keys), tasks=tuple(tasks), from_student=tuple(follow))

@@ -121,8 +121,13 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
 
     With ``momentum`` (``vlfm.train.momentum``) the momentum parameters are first moved towards the
     parameters the step starts with; each momentum task's losses then see ``outputs["momentum"]`` and
-    ``outputs["queue"]`` (the queue before this step), and the step's momentum outputs are enqueued after."""
+    ``outputs["queue"]`` (the queue before this step), and the step's momentum outputs are enqueued after.
+    With ``momentum.from_student`` the momentum model runs after the student's forward pass, on the batch
+    plus the student's outputs it names (the pairs the student drew)."""
     check_step_tasks(tasks, accum_steps)
+    if momentum is not None and momentum.from_student and accum_steps > 1:
+        raise ValueError("config.momentum.from_student runs the momentum model on what the whole batch's student "
+                         f"drew, which grad_accum_steps={accum_steps} splits; set grad_accum_steps=1")
     if momentum is not None and accum_steps > 1:
         for task in tasks:
             if momentum.runs_for(task.name) and not getattr(task.loss_fn, "couples_batch", ()):
@@ -141,9 +146,14 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
             return {}
         return teacher_outputs(teachers, task.teachers, teacher_params, batch, task=task.name)
 
-    def task_loss(task: Task, params, batch, rng, teacher_params, extra):
-        outputs = dict(student(task, params, batch, rng), **teacher(task, batch, teacher_params), **extra)
-        return task.loss_fn(outputs, batch)
+    def task_loss(task: Task, params, batch, rng, teacher_params, extra, late_momentum=None):
+        """The task's loss and ``(metrics, momentum outputs of a late momentum run or None)``."""
+        out = student(task, params, batch, rng)
+        if late_momentum is not None:  # config.momentum.from_student: score what the student drew
+            extra = momentum.outputs(model, task.forward, task.name, late_momentum["params"], late_momentum, batch,
+                                     student=out)
+        loss, metrics = task.loss_fn(dict(out, **teacher(task, batch, teacher_params), **extra), batch)
+        return loss, (metrics, extra.get("momentum") if late_momentum is not None else None)
 
     def cached_grads(task: Task, params, batch, rng, teacher_params, extra):
         """Accumulation for losses that couple the batch: open_clip's feature cache (module docstring)."""
@@ -169,20 +179,22 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
         # Each pass takes the whole batch's loss (the same value): their gradients add up, the values average.
         return grads, *jax.tree.map(lambda x: x / accum_steps, (loss_sum, metrics))
 
-    def task_grads(task: Task, params, batch, rng, teacher_params, extra):
-        grad_fn = jax.value_and_grad(lambda p, b, r: task_loss(task, p, b, r, teacher_params, extra), has_aux=True)
+    def task_grads(task: Task, params, batch, rng, teacher_params, extra, late_momentum=None):
+        grad_fn = jax.value_and_grad(lambda p, b, r: task_loss(task, p, b, r, teacher_params, extra, late_momentum),
+                                     has_aux=True)
+        late_out = None
         if accum_steps == 1:
-            (loss, metrics), grads = grad_fn(params, batch, rng)
+            (loss, (metrics, late_out)), grads = grad_fn(params, batch, rng)
         elif getattr(task.loss_fn, "couples_batch", ()):
             grads, loss, metrics = cached_grads(task, params, batch, rng, teacher_params, extra)
         else:
             micro = _micro_batches(batch, accum_steps)
             summed = _sum_over(lambda x: grad_fn(params, x[1], jax.random.fold_in(rng, x[0])),
                                (jnp.arange(accum_steps), micro))
-            (loss, metrics), grads = jax.tree.map(lambda x: x / accum_steps, summed)
+            (loss, (metrics, _)), grads = jax.tree.map(lambda x: x / accum_steps, summed)
         if task.freeze:  # frozen parameters get no gradient, so optimizer moments stay put too
             grads = apply_stateless(freeze(task.freeze), grads)
-        return loss, metrics, grads
+        return loss, metrics, grads, late_out
 
     frozen = tuple(p for t in tasks for p in t.freeze)
     lr_multiplier = tasks[0].lr_multiplier if len(tasks) == 1 else 1.0
@@ -197,13 +209,18 @@ def make_train_step(model: nn.Module, tasks: Sequence[Task], tx: optax.GradientT
             momentum_state = dict(momentum_state, params=momentum.updated_params(momentum_state, state["params"]))
         enqueued = momentum_state
         for index, task in enumerate(tasks):
-            extra = {}
+            extra, late = {}, None
             if momentum is not None and momentum.runs_for(task.name):
-                extra = momentum.outputs(model, task.forward, task.name, momentum_state["params"], momentum_state,
-                                         batches[task.name])
-                enqueued = momentum.enqueue(enqueued, task.name, extra["momentum"], batches[task.name])
-            loss, task_metrics, grads[task.name] = task_grads(task, state["params"], batches[task.name],
-                                                              jax.random.fold_in(rng, index), teacher_params, extra)
+                if momentum.from_student:  # runs inside the loss, after the student
+                    late = momentum_state
+                else:
+                    extra = momentum.outputs(model, task.forward, task.name, momentum_state["params"], momentum_state,
+                                             batches[task.name])
+                    enqueued = momentum.enqueue(enqueued, task.name, extra["momentum"], batches[task.name])
+            loss, task_metrics, grads[task.name], late_out = task_grads(
+                task, state["params"], batches[task.name], jax.random.fold_in(rng, index), teacher_params, extra, late)
+            if late is not None:
+                enqueued = momentum.enqueue(enqueued, task.name, late_out, batches[task.name])
             prefix = f"{task.name}/" if prefix_metrics else ""
             metrics.update({f"{prefix}{k}": v for k, v in task_metrics.items()})
             metrics[f"{prefix}task_loss"] = loss
