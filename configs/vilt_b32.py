@@ -29,35 +29,8 @@ built-in ``shapes_nlvr2`` / ``shapes_snli_ve``: fine-tune as ``configs/vilt_tiny
 ``vilt_tiny_snli_ve.py`` with ``data`` pointed at them.
 
 Prepare (once, where the data lives; ``pip install img2dataset`` and ``pip install -e ".[tfds_prepare]"``):
-    # GCC = CC3M: Train_GCC-training.tsv (caption, url; no header) from the Conceptual Captions site
-    sed -i '1s/^/caption\turl\n/' Train_GCC-training.tsv
-    img2dataset --url_list Train_GCC-training.tsv --input_format tsv --url_col url --caption_col caption \
-        --output_format webdataset --output_folder $ROOT/cc3m --processes_count 16 --thread_count 64 \
-        --image_size 640 --resize_mode keep_ratio
-    # SBU: sbu-captions-all.json (parallel lists `image_urls`, `captions`) from the SBU Captions site
-    python -c "import csv, json; d = json.load(open('sbu-captions-all.json')); w = csv.writer(open('sbu.tsv', 'w'), delimiter='\t'); w.writerow(['url', 'caption']); w.writerows(zip(d['image_urls'], d['captions']))"
-    img2dataset --url_list sbu.tsv --input_format tsv --url_col url --caption_col caption \
-        --output_format webdataset --output_folder $ROOT/sbu --processes_count 16 --thread_count 64 \
-        --image_size 640 --resize_mode keep_ratio
-    # COCO captions (Karpathy splits, 5 captions per image; a random one per step in training)
-    tfds build coco_captions --data_dir $ROOT/tfds
-    # VG: region_descriptions.json and the VG_100K / VG_100K_2 image folders from visualgenome.org.
-    # img2dataset reads URLs only, so write the shards directly: one sample per image, its region
-    # phrases in KEY.json ({"captions": [...]}; a random one per step in training).
-    python - <<'PY'
-    import io, json, os, tarfile
-    root, regions = os.environ["ROOT"], json.load(open("region_descriptions.json"))
-    os.makedirs(f"{root}/vg", exist_ok=True)
-    def add(tar, name, data):
-        info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
-    for start in range(0, len(regions), 1000):
-        with tarfile.open(f"{root}/vg/{start // 1000:05d}.tar", "w") as tar:
-            for entry in regions[start:start + 1000]:
-                image_id = entry["id"]
-                path = next(p for p in (f"VG_100K/{image_id}.jpg", f"VG_100K_2/{image_id}.jpg") if os.path.exists(p))
-                add(tar, f"{image_id}.jpg", open(path, "rb").read())
-                add(tar, f"{image_id}.json", json.dumps({"captions": [r["phrase"] for r in entry["regions"]]}).encode())
-    PY
+    # the "4M" images and captions (CC3M, SBU, COCO, VG) under $ROOT; the script names the downloads it reads
+    ROOT=$ROOT bash launch/prepare_4m.sh
     # BERT's uncased WordPiece vocabulary: vocab.txt of HF bert-base-uncased in $ROOT/bert-base-uncased/
     # VQAv2 (visualqa.org): v2_OpenEnded_mscoco_{train2014,val2014,test-dev2015}_questions.json,
     # v2_mscoco_{train2014,val2014}_annotations.json in $ROOT/vqav2/; COCO train2014, val2014 and test2015
