@@ -2,6 +2,7 @@
 pair scores the re-ranking evaluator can pick, and the configs."""
 
 import re
+import types
 
 import flax
 import jax
@@ -161,3 +162,9 @@ def test_momentum_model_scores_the_pairs_the_student_drew():
         assert float(metrics[f"main/{name}/teacher_accuracy"]) == float(metrics[f"main/{name}/accuracy"])
     with pytest.raises(ValueError, match="grad_accum_steps"):
         make_train_step(model, [task], tx, optax.constant_schedule(1e-3), seed=0, momentum=momentum, accum_steps=2)
+    # the logged FLOPs count the momentum model's pass on the drawn pairs once, not three times
+    task.bundle = types.SimpleNamespace(example=lambda normalize=True: example)
+    with_momentum = task.step_flops(model, {}, state["params"], momentum=momentum, momentum_state=state["momentum"])
+    plain = combined_loss({"itm": {}, "itm_image": dict(fn="itm", logits_key="itm_image_logits")})
+    student_only = Task("main", task.bundle, 8, plain).step_flops(model, {}, state["params"])
+    assert student_only < with_momentum < 2 * student_only

@@ -98,20 +98,25 @@ class Task:
                                 (params, teacher_params or {}, momentum_state if use_momentum else {}))
         rng = jax.random.key(0)
 
-        def frozen(tp, ms, b):
+        def student(p, b):
+            return self.forward.apply(model, p, b, task=self.name, train=True, rng=rng)
+
+        def frozen(tp, ms, b, student_out):
             outputs = teacher_outputs(teachers, self.teachers, tp, b, task=self.name) if self.teachers else {}
-            if use_momentum:
-                outputs.update(momentum.outputs(model, self.forward, self.name, ms["params"], ms, b))
+            if use_momentum:  # with from_student it scores what the student drew (vlfm.train.momentum)
+                outputs.update(momentum.outputs(model, self.forward, self.name, ms["params"], ms, b,
+                                                student=student_out))
             return outputs
 
         def loss(p, tp, ms, b):
-            outputs = dict(self.forward.apply(model, p, b, task=self.name, train=True, rng=rng), **frozen(tp, ms, b))
-            return self.loss_fn(outputs, b)[0]
+            out = student(p, b)
+            return self.loss_fn(dict(out, **frozen(tp, ms, b, out)), b)[0]
 
         total = traced_flops(loss, *abstract, batch)
         if not self.teachers and not use_momentum:
             return TRAIN_FACTOR * total
-        forward_only = traced_flops(frozen, *abstract[1:], batch)
+        student_out = jax.eval_shape(student, abstract[0], batch) if use_momentum and momentum.from_student else None
+        forward_only = traced_flops(frozen, *abstract[1:], batch, student_out)
         return TRAIN_FACTOR * (total - forward_only) + forward_only
 
 
