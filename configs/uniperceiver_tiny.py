@@ -1,0 +1,120 @@
+"""A tiny Uni-Perceiver on the built-in shapes data: one encoder, every task retrieval against a target set.
+
+Commands:
+    python -m vlfm.train --config configs/uniperceiver_tiny.py --workdir workdirs/uniperceiver_tiny
+    python -m vlfm.train --config configs/uniperceiver_tiny.py:prompt --workdir workdirs/uniperceiver_tiny_prompt
+    python -m vlfm.train --config configs/uniperceiver_tiny.py:finetune --workdir workdirs/uniperceiver_tiny_finetune
+
+(The last two start from ``workdirs/uniperceiver_tiny/params``; ``--config.init_from.params=DIR`` changes it.)
+
+Pretraining (no argument): four tasks on one model, one task per step drawn by the ``weighted`` schedule
+(every task its ``steps`` in one seeded permutation: the sampling weights as exact proportions), each with
+its loss weight (the task ``weight``, Uni-Perceiver's per-task loss weights 1 / 0.5 / 1 / 0.5):
+
+- ``classification``: a single-object image against the 56 colour-shape class names (``red circle``, ...)
+  encoded by the same encoder; label smoothing 0.1;
+- ``mlm``: captions with 15% of the words masked, each masked position against every vocabulary word
+  (each word encoded alone: ``[SPE] word``);
+- ``caption``: image and caption in one sequence, the caption causal over itself (prefix LM); each word's
+  feature retrieves the next word among the vocabulary;
+- ``retrieval``: image and caption encoded apart, contrasted against the batch plus a queue of 256 rows of
+  earlier batches' features (``config.momentum`` with ``decay=0``: the queue holds the model's own
+  detached features, as Uni-Perceiver's queue does; no separate momentum encoder).
+
+Held out: classifying the image by **where** the object is (9 positions, against the texts ``at the top
+left``, ...), a task never trained; captions mention positions, so it can be read zero-shot.
+
+``:prompt`` tunes 4 prompt tokens (prepended after ``[SPE]`` to every sequence, inputs and class texts
+alike) on 1% of the position task's training split (the first 200 of 20,000 images), everything else
+frozen (the task's ``freeze``: every path but ``prompts``); ``:finetune`` trains every parameter on the
+same 200 images; both 300 steps at batch 32.
+
+Model: width 64, 4 pre-LN layers (layer scale 1e-3), 4 heads, MLP 256; 32 px images in 8 px patches;
+the shapes word vocabulary; output projection 64; a temperature per task family.
+"""
+
+import ml_collections
+
+from vlfm.data import shapes
+from vlfm.data.tokenizers import WordTokenizer
+from vlfm.models.uniperceiver import tokenize_names
+from vlfm.train.config import base_config
+
+MODES = ("", "prompt", "finetune")
+PRETRAINED = "workdirs/uniperceiver_tiny/params"
+STEPS = dict(classification=360, mlm=240, caption=360, retrieval=240)
+WEIGHTS = dict(classification=1.0, mlm=0.5, caption=1.0, retrieval=0.5)
+POSITION_TEXTS = tuple(f"at the {p}" for p in shapes.POSITIONS)
+NAME_LEN = 6  # [BOS] at the bottom right [EOS]
+
+
+def _shapes(**kwargs) -> dict:
+    return dict(dict(name="shapes", num_examples=20_000, image_size=32, max_objects=1, max_len=16, batch_size=64,
+                     num_workers=0, train_split="train"), **kwargs)
+
+
+def _classify(names, label_key: str) -> dict:
+    return dict(method="classify", constants=dict(tokenize_names(WordTokenizer.for_shapes(), names, NAME_LEN),
+                                                  label_key=label_key))
+
+
+def _position_eval(every: int) -> dict:
+    return dict(type="clip_zeroshot", every=every, split="validation", num_examples=500, data=_shapes(),
+                view="pairs", label_key="position", class_names=list(POSITION_TEXTS), templates=["{}"])
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    mode = arg or ""
+    if mode not in MODES:
+        raise ValueError(f"configs/uniperceiver_tiny.py takes no argument, 'prompt' or 'finetune', got {arg!r}")
+    c = base_config()
+    c.model = ml_collections.ConfigDict(dict(
+        name="uniperceiver", width=64, depth=4, num_heads=4, mlp_dim=256, layer_scale=1e-3, image_size=32,
+        patch_size=8, vocab_size=WordTokenizer.for_shapes().vocab_size, max_len=16, embed_dim=64,
+        num_prompts=4 if mode == "prompt" else 0))
+    c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=50)
+    c.optimizer.weight_decay = 0.05
+    c.log_every = 50
+    if mode:
+        c.total_steps = 300
+        c.init_from.params = PRETRAINED
+        task = dict(data=dict(_shapes(view="pairs", num_examples=200), batch_size=32),
+                    losses=dict(similarity_xent=dict()), forward=_classify(POSITION_TEXTS, "position"))
+        if mode == "prompt":
+            task["freeze"] = (r"(?!prompts$).*",)
+            c.optimizer.lr = dict(name="cosine", peak=1e-2, warmup_steps=20)
+            c.optimizer.weight_decay = 0.0
+        c.tasks = ml_collections.ConfigDict(dict(position=task))
+        c.evals = ml_collections.ConfigDict(dict(position=_position_eval(c.total_steps)))
+        c.checkpoint_every = c.total_steps
+        return c
+    c.total_steps = sum(STEPS.values())
+    every = c.total_steps
+    xent = lambda **kw: dict(similarity_xent=dict(**kw))  # noqa: E731  (a new dict per task)
+    c.tasks = ml_collections.ConfigDict(dict(
+        classification=dict(data=_shapes(view="image_label"), losses=xent(label_smoothing=0.1),
+                            forward=_classify(shapes.CLASS_NAMES, "label")),
+        mlm=dict(data=_shapes(view="text", mlm_prob=0.15), losses=xent(), forward=dict(method="mlm")),
+        caption=dict(data=_shapes(view="pairs"), losses=xent(), forward=dict(method="caption")),
+        retrieval=dict(data=_shapes(view="pairs"), losses=dict(multi_positive_contrastive=dict(queue=True)),
+                       forward=dict(method="retrieve")),
+    ))
+    for name, task in c.tasks.items():
+        task.steps, task.weight = STEPS[name], WEIGHTS[name]
+    c.schedule = "weighted"
+    c.momentum.decay = 0.0
+    c.momentum.queue_size = 256
+    c.momentum.queue_keys = ("image_embed", "text_embed")
+    c.momentum.tasks = ("retrieval",)
+    c.evals = ml_collections.ConfigDict(dict(
+        classification=dict(type="clip_zeroshot", every=every, split="validation", num_examples=500,
+                            data=_shapes(), class_names="data", templates=["{}"]),
+        retrieval=dict(type="retrieval", every=every, split="validation", num_examples=500, data=_shapes()),
+        next_word=dict(type="token_accuracy", every=every, predict="next_word", pad_id=-1, split="validation",
+                       num_examples=500, data=_shapes(view="pairs")),
+        masked_word=dict(type="token_accuracy", every=every, predict="masked_word", pad_id=-1, split="validation",
+                         num_examples=500, data=_shapes(view="text", mlm_prob=0.15)),
+        position_zeroshot=_position_eval(every),
+    ))
+    c.checkpoint_every = every
+    return c
