@@ -41,10 +41,11 @@ from vlfm.models.uniperceiver import tokenize_names
 from vlfm.train.config import base_config
 
 MODES = ("", "prompt", "finetune")
+HELD_OUT = dict(position=tuple(f"at the {p}" for p in shapes.POSITIONS), size=shapes.SIZES, shape=shapes.SHAPES)
+LABEL_KEYS = dict(position="position", size="size", shape="shape")
 PRETRAINED = "workdirs/uniperceiver_tiny/params"
 STEPS = dict(classification=360, mlm=240, caption=360, retrieval=240)
 WEIGHTS = dict(classification=1.0, mlm=0.5, caption=1.0, retrieval=0.5)
-POSITION_TEXTS = tuple(f"at the {p}" for p in shapes.POSITIONS)
 NAME_LEN = 6  # [BOS] at the bottom right [EOS]
 
 
@@ -58,20 +59,27 @@ def _classify(names, label_key: str) -> dict:
                                                   label_key=label_key))
 
 
-def _position_eval(every: int) -> dict:
+def _zeroshot(every: int, label_key: str, names, templates=("{}",)) -> dict:
+    """Classification of the pairs view by ``label_key`` against the texts ``names`` (in ``templates``)."""
     return dict(type="clip_zeroshot", every=every, split="validation", num_examples=500, data=_shapes(),
-                view="pairs", label_key="position", class_names=list(POSITION_TEXTS), templates=["{}"])
+                view="pairs", label_key=label_key, class_names=list(names), templates=list(templates))
+
+
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    mode = arg or ""
-    if mode not in MODES:
-        raise ValueError(f"configs/uniperceiver_tiny.py takes no argument, 'prompt' or 'finetune', got {arg!r}")
+    """``arg``: empty (pretraining), or ``prompt`` / ``finetune`` with an optional held-out task
+    (``prompt-position``; default ``size``: one of size, position, shape)."""
+    mode, _, held_out = (arg or "").partition("-")
+    held_out = held_out or "size"
+    if mode not in MODES or held_out not in HELD_OUT:
+        raise ValueError(f"configs/uniperceiver_tiny.py takes no argument or MODE[-TASK] with MODE prompt or "
+                         f"finetune and TASK one of {', '.join(HELD_OUT)}; got {arg!r}")
     c = base_config()
     c.model = ml_collections.ConfigDict(dict(
         name="uniperceiver", width=64, depth=4, num_heads=4, mlp_dim=256, layer_scale=1e-3, image_size=32,
         patch_size=8, vocab_size=WordTokenizer.for_shapes().vocab_size, max_len=16, embed_dim=64,
-        num_prompts=4 if mode == "prompt" else 0))
+        num_prompts=16 if mode == "prompt" else 0))
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=50)
     c.optimizer.weight_decay = 0.05
     c.log_every = 50
@@ -79,13 +87,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.total_steps = 300
         c.init_from.params = PRETRAINED
         task = dict(data=dict(_shapes(view="pairs", num_examples=200), batch_size=32),
-                    losses=dict(similarity_xent=dict()), forward=_classify(POSITION_TEXTS, "position"))
+                    losses=dict(similarity_xent=dict()), forward=_classify(HELD_OUT[held_out], LABEL_KEYS[held_out]))
         if mode == "prompt":
             task["freeze"] = (r"(?!prompts$).*",)
-            c.optimizer.lr = dict(name="cosine", peak=1e-2, warmup_steps=20)
+            c.optimizer.lr = dict(name="cosine", peak=3e-2, warmup_steps=20)
             c.optimizer.weight_decay = 0.0
-        c.tasks = ml_collections.ConfigDict(dict(position=task))
-        c.evals = ml_collections.ConfigDict(dict(position=_position_eval(c.total_steps)))
+        c.tasks = ml_collections.ConfigDict({held_out: task})
+        c.evals = ml_collections.ConfigDict({held_out: _zeroshot(c.total_steps, LABEL_KEYS[held_out], HELD_OUT[held_out])})
         c.checkpoint_every = c.total_steps
         return c
     c.total_steps = sum(STEPS.values())
@@ -114,7 +122,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        num_examples=500, data=_shapes(view="pairs")),
         masked_word=dict(type="token_accuracy", every=every, predict="masked_word", pad_id=-1, split="validation",
                          num_examples=500, data=_shapes(view="text", mlm_prob=0.15)),
-        position_zeroshot=_position_eval(every),
+        zeroshot_colour=_zeroshot(every, "color", shapes.COLORS),
+        zeroshot_shape=_zeroshot(every, "shape", shapes.SHAPES),
+        zeroshot_size=_zeroshot(every, "size", shapes.SIZES),
+        zeroshot_size_ensemble=_zeroshot(every, "size", shapes.SIZES, [f"a {{}} {n}" for n in shapes.CLASS_NAMES]),
+        zeroshot_position=_zeroshot(every, "position", HELD_OUT["position"]),
     ))
     c.checkpoint_every = every
     return c

@@ -102,7 +102,7 @@ def test_base_has_the_stated_parameter_count():
 
 def test_prompt_tuning_moves_only_the_prompts():
     config = load_config(os.path.join(REPO, "configs", "uniperceiver_tiny.py") + ":prompt")
-    patterns = tuple(config.tasks.position.freeze)
+    patterns = tuple(config.tasks.size.freeze)
     model, batch = _tiny(num_prompts=2), _batch()
     init = jax.jit(lambda k: model.init(k, batch, method="classify", **CLASSES))
     params = nn.meta.unbox(init(jax.random.key(0)))["params"]
