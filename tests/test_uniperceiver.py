@@ -26,6 +26,13 @@ def _tiny(**kwargs) -> UniPerceiver:
                                     vocab_size=12, max_len=6, embed_dim=8, scan=False, remat="none"), **kwargs))
 
 
+def _config_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _batch() -> dict:
     rng = np.random.default_rng(0)
     text = np.array([[1, 3, 4, 5, 2, 0], [1, 6, 7, 2, 0, 0]], np.int32)
@@ -87,12 +94,9 @@ def test_similarity_xent_on_a_hand_worked_case():
 
 
 def test_base_has_the_stated_parameter_count():
-    path = os.path.join(REPO, "configs", "uniperceiver_base.py")
-    spec = importlib.util.spec_from_file_location("uniperceiver_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _config_module("uniperceiver_base")
     stated = int(module.__doc__.split(" parameters")[0].split()[-1].replace(",", ""))  # the docstring's count
-    config = load_config(path)
+    config = load_config(os.path.join(REPO, "configs", "uniperceiver_base.py"))
     model = build_model(config.model)
     batch = {"image": jnp.zeros((1, 160, 160, 3)), "text": jnp.zeros((1, 16), jnp.int32)}
     shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"])
@@ -101,7 +105,7 @@ def test_base_has_the_stated_parameter_count():
 
 
 def test_prompt_tuning_moves_only_the_prompts():
-    config = load_config(os.path.join(REPO, "configs", "uniperceiver_tiny.py") + ":prompt")
+    config = _config_module("uniperceiver_tiny").get_config("prompt")
     patterns = tuple(config.tasks.size.freeze)
     model, batch = _tiny(num_prompts=2), _batch()
     init = jax.jit(lambda k: model.init(k, batch, method="classify", **CLASSES))
