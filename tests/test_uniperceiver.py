@@ -124,3 +124,27 @@ def test_prompt_tuning_moves_only_the_prompts():
              if not np.array_equal(a, b)}
     assert moved == {"prompts"}
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["encoder"]))  # frozen, not gradient-free
+
+
+def test_zero_shot_evaluator_reads_another_label_key():
+    """``clip_zeroshot(label_key="size")`` scores the pairs view by size against the size names: equal to the
+    rule computed here (random linear encoders)."""
+    from vlfm.data.pipeline import build_dataset, eval_arrays
+    from vlfm.data.shapes import SIZES
+    from vlfm.evaluators import EVALUATORS
+
+    data = dict(name="shapes", num_examples=40, image_size=8, max_objects=1, max_len=8)
+    bundle = build_dataset(dict(data, view="pairs"), "validation")
+    tokenizer = bundle.info["tokenizer"]
+    rng = np.random.default_rng(0)
+    words, w = rng.normal(size=(tokenizer.vocab_size, 4)), rng.normal(size=(8 * 8 * 3, 4))
+    fns = {"encode_text": lambda p, b: (words[b["text"]] * b["text_mask"][..., None]).sum(1),
+           "encode_image": lambda p, b: np.asarray(b["image"]).reshape(len(b["image"]), -1) @ w}
+    got = dict(EVALUATORS.get("clip_zeroshot")(fns, data=data, view="pairs", label_key="size",
+                                               class_names=list(SIZES), templates=["{}"]).run(None))
+    arrays = eval_arrays(bundle, 40)
+    tokens = tokenizer.encode_batch(list(SIZES), 8)
+    names = fns["encode_text"](None, {"text": tokens["ids"], "text_mask": tokens["mask"]})
+    predicted = np.argmax(fns["encode_image"](None, arrays) @ (names / np.linalg.norm(names, axis=1, keepdims=True)).T, 1)
+    assert got["accuracy"] == np.mean(predicted == arrays["size"]) and got["num_classes"] == 2
+    assert not np.array_equal(arrays["size"], arrays["label"] % 2)  # a key other than the label
