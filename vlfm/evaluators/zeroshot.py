@@ -60,7 +60,9 @@ class ClipZeroShotEvaluator:
     defaults to the data's, else 77. ``view``: the data view (the shapes ``image_label`` view by
     default; None for datasets without views). ``input_key``: the batch key ``encode_image`` encodes
     (``video`` for zero-shot video classification, e.g. the ``moving_shapes`` ``video_label`` view with
-    its own class names and prompts).
+    its own class names and prompts). ``label_key``: the batch key of the class index (``label``; e.g.
+    ``position`` for the shapes ``pairs`` view classified by where the object is, with the position names
+    as ``class_names``; the data's own ``num_classes`` is then not checked).
 
     Metrics: ``accuracy`` (top-1), ``top5_accuracy`` (ties count against the model), ``chance``
     (1 / classes), ``num_classes``, ``num_templates``.
@@ -70,14 +72,14 @@ class ClipZeroShotEvaluator:
                  num_examples: int | None = None, batch_size: int = 256,
                  class_names: str | Sequence[str] = "data", templates: str | Sequence[str] = "clip_imagenet",
                  tokenizer: Mapping[str, Any] | None = None, max_len: int | None = None,
-                 view: str | None = "image_label", input_key: str = "image"):
+                 view: str | None = "image_label", input_key: str = "image", label_key: str = "label"):
         self.encode_image = predict_fns["encode_image"]
-        self.input_key = input_key
+        self.input_key, self.label_key = input_key, label_key
         self.encode_text = predict_fns["encode_text"]
         self.bundle = build_dataset(dict(data) if view is None else dict(data, view=view), split)
         info = self.bundle.info
         names = self._class_names(class_names, info)
-        if "num_classes" in info and int(info["num_classes"]) != len(names):
+        if label_key == "label" and "num_classes" in info and int(info["num_classes"]) != len(names):
             raise ValueError(f"the data has {info['num_classes']} classes but class_names gives {len(names)}")
         if templates == "data":
             if class_names != "data" or "class_prompts" not in info:
@@ -124,7 +126,7 @@ class ClipZeroShotEvaluator:
         zt = np.asarray(zt, np.float32).reshape(self.num_classes, self.num_templates, -1)
         classes = ensemble_class_embeddings(zt)
         out = predict_split({"zi": lambda p, b: self.encode_image(p, media(b, self.input_key)),
-                             "label": lambda p, b: b["label"]}, params,
+                             "label": lambda p, b: b[self.label_key]}, params,
                             eval_examples(self.bundle, self.num_examples), self.batch_size)
         logits = _unit(out["zi"].astype(np.float32)) @ classes.T
         yield "accuracy", topk_accuracy(logits, out["label"], 1)
