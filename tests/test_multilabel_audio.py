@@ -102,3 +102,7 @@ def test_polyvit_tiny_trains_audio_tags_with_sigmoid_and_map():
     both = load_config("configs/polyvit_tiny.py:audio,audio_tags")
     assert sorted(both.tasks) == ["audio", "audio_tags"] and both.total_steps == 600
     assert sorted(load_config("configs/polyvit_tiny.py").tasks) == ["audio", "image", "video"]
+    b16 = load_config("configs/polyvit_b16.py")
+    assert dict(b16.tasks.audioset.data.labels) == {"key": "labels", "num_classes": 527}
+    assert list(b16.tasks.audioset.losses) == ["sigmoid_xent"] and b16.evals.audioset.type == "multilabel_map"
+    assert list(b16.tasks.vggsound.losses) == ["softmax_xent"]
