@@ -35,15 +35,21 @@ def strided_indices(num_available: int, num_frames: int, rng: np.random.Generato
     return start + stride * np.arange(num_frames)
 
 
-def decode_video(data: bytes) -> np.ndarray:
-    """Encoded video (MP4, WebM, ...) -> every frame as ``[T, H, W, 3]`` uint8 RGB (PyAV)."""
+def decode_frames(data: bytes) -> list:
+    """Encoded video (MP4, WebM, ...) -> every frame decoded (PyAV ``VideoFrame``s, still in the codec's
+    pixel format): converting to RGB costs about as much as decoding, so only the sampled frames are."""
     import av  # optional dependency: the ``video`` extra
 
     with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        frames = list(container.decode(video=0))
     if not frames:
         raise ValueError("no video frames")
-    return np.stack(frames)
+    return frames
+
+
+def decode_video(data: bytes) -> np.ndarray:
+    """Encoded video (MP4, WebM, ...) -> every frame as ``[T, H, W, 3]`` uint8 RGB (PyAV)."""
+    return np.stack([f.to_ndarray(format="rgb24") for f in decode_frames(data)])
 
 
 @FIELDS.register("video")
@@ -69,23 +75,24 @@ class VideoField(Field):
     def process(self, raw: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if isinstance(raw, (bytes, bytearray)):
             try:
-                frames = decode_video(bytes(raw))
+                frames = decode_frames(bytes(raw))
             except (OSError, ValueError, RuntimeError) as e:  # PyAV's errors are OSError / ValueError subclasses
                 raise BadData(CORRUPT_VIDEO, f"{type(e).__name__}: {e}") from None
+            rgb = lambda i: frames[i].to_ndarray(format="rgb24")  # noqa: E731  (only the sampled frames)
         elif isinstance(raw, np.ndarray) and raw.ndim == 4:
             frames = raw
+            rgb = lambda i: np.ascontiguousarray(frames[i])  # noqa: E731
         else:
             raise BadData(BAD_VALUE, f"video is a {type(raw).__name__} {getattr(raw, 'shape', '')}, not bytes or "
                                      "[T, H, W, 3] frames")
-        if frames.shape[0] < self.num_frames:
-            raise BadData(SHORT_CLIP, f"{frames.shape[0]} frames, the clip needs {self.num_frames}")
+        if len(frames) < self.num_frames:
+            raise BadData(SHORT_CLIP, f"{len(frames)} frames, the clip needs {self.num_frames}")
         if self.train:
-            index = strided_indices(frames.shape[0], self.num_frames, rng, self.max_stride)
+            index = strided_indices(len(frames), self.num_frames, rng, self.max_stride)
         else:
-            index = uniform_indices(frames.shape[0], self.num_frames)
+            index = uniform_indices(len(frames), self.num_frames)
         seed = int(rng.integers(2**63))  # one draw for the clip: every frame gets the same crop and flip
-        clip = [self.frames.process(np.ascontiguousarray(frames[i]), np.random.default_rng(seed))["image"]
-                for i in index]
+        clip = [self.frames.process(rgb(i), np.random.default_rng(seed))["image"] for i in index]
         return {"video": np.stack(clip)}
 
     def info(self) -> dict[str, Any]:
