@@ -1,7 +1,7 @@
 """Measures the video and audio input pipelines per core and prints JSON, with the data workers a GPU
 step needs.
 
-    python benchmarks/av_throughput.py [--clips 8] [--seconds 10] [--video_size 256] [--codec libx264]
+    python benchmarks/av_throughput.py [--clips 8] [--seconds 10] [--video_size 256] [--codec libx264] [--video_kbps 0]
         [--frames 8] [--max_stride 8] [--crop 224] [--source_rate 44100] [--audio_format FLAC]
         [--measure_s 10] [--peak_tflops 989] [--mfu 0.45]
 
@@ -67,13 +67,16 @@ def _video_frames(index: int, seconds: float, size: int) -> np.ndarray:
     return out
 
 
-def encode_video(frames: np.ndarray, codec: str) -> bytes:
+def encode_video(frames: np.ndarray, codec: str, kbps: int = 0) -> bytes:
+    """H.264 (or ``codec``) in MP4; ``kbps`` > 0 sets the bit rate (else the codec's default quality)."""
     import av
 
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         stream = container.add_stream(codec, rate=VIDEO_FPS)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if kbps:
+            stream.bit_rate = kbps * 1000
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--video_size", type=int, default=256)
     parser.add_argument("--codec", default="libx264")
+    parser.add_argument("--video_kbps", type=int, default=0, help="video bit rate (0: the codec's default quality)")
     parser.add_argument("--frames", type=int, default=8, help="frames per training clip")
     parser.add_argument("--max_stride", type=int, default=8)
     parser.add_argument("--crop", type=int, default=224)
@@ -207,12 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mfu", type=float, default=0.45)
     args = parser.parse_args(argv)
 
-    videos = [encode_video(_video_frames(i, args.seconds, args.video_size), args.codec) for i in range(args.clips)]
+    videos = [encode_video(_video_frames(i, args.seconds, args.video_size), args.codec, args.video_kbps)
+              for i in range(args.clips)]
     audio = [encode_audio(i, args.seconds, args.source_rate, args.audio_format) for i in range(args.clips)]
+    settings = ("clips", "seconds", "video_size", "codec", "video_kbps", "frames", "max_stride", "crop", "source_rate",
+                "audio_format")
     result: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-        "settings": {k: getattr(args, k) for k in ("clips", "seconds", "video_size", "codec", "frames", "max_stride",
-                                                   "crop", "source_rate", "audio_format")},
+        "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2), "settings": {k: getattr(args, k) for k in settings},
         "video": video_rate(videos, args), "audio": audio_rate(audio, args),
         "assumed_gpu": {"peak_tflops": args.peak_tflops, "mfu": args.mfu}}
     demand = gpu_demand(args)
