@@ -10,7 +10,8 @@ Tasks (classes, single-task steps at the paper's batch sizes, learning-rate coef
   video, 32 frames of 224 px, 4x16x16 tubelets (webdataset shards of mp4 + cls):  kinetics400 (400,
       30 epochs, 0.1), moments_in_time (339, 10 epochs, 0.25); batch 64
   audio, 800 x 128 log-mel (8 spectrogram frames of 100), 16x16 patches every 16 (webdataset shards of
-      wav + cls):  vggsound (309, 50 epochs, 0.5), audioset (527, 50 epochs, 0.5); batch 64
+      wav + cls):  vggsound (309, 50 epochs, 0.5), audioset (527, 50 epochs, 0.5; multi-label: ``KEY.labels``
+      lists a clip's class indices, ``sigmoid_xent``, evaluated by ``multilabel_map``); batch 64
 
 Parameters: 92,290,255, computed from the model's abstract initialisation over all nine tasks (no
 weights are made; prints ``polyvit_b16: 92,290,255 parameters (shared encoder 85,054,464)``):
@@ -28,8 +29,8 @@ One task alone (the paper's single-task baseline) is ``--config.tasks`` reduced 
 Not reproduced here: the ImageNet-21k ViT-B/16 initialisation (``init_from`` a ViT checkpoint, with
 ``init_from.inflate`` for the tubelet kernel), mixup / SpecAugment settings per task, multi-crop
 evaluation during training (the ``classification`` evaluator's ``views`` / ``spatial_crops`` do it on
-saved weights), and AudioSet's multi-label targets and sigmoid loss (vlfm's data fields give one class
-per example; the ``multilabel_map`` evaluator scores multi-hot targets once a source provides them).
+saved weights). AudioSet's shards carry the positive classes as ``KEY.labels`` (``"0,72,137"``; the
+``labels`` field's ``class_ids`` maps AudioSet's ``/m/...`` ids instead).
 The paper's figures are not quoted: the project's paper digest records none for PolyViT.
 """
 
@@ -43,6 +44,7 @@ IMAGE = dict(imagenet=("imagenet2012", 1000, 20_000, 0.03), cifar10=("cifar10", 
 # name -> (classes, training examples, epochs, learning-rate coefficient); steps at batch 64
 VIDEO = dict(kinetics400=(400, 214_834, 30, 0.1), moments_in_time=(339, 791_297, 10, 0.25))
 AUDIO = dict(vggsound=(309, 172_427, 50, 0.5), audioset=(527, 20_361, 50, 0.5))
+MULTI_LABEL = ("audioset",)
 VIDEO_BATCH = AUDIO_BATCH = 64
 
 
@@ -61,12 +63,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             spec = (dict(num_frames=32, image=dict(size=224)) if field == "video" else
                     dict(num_frames=800, num_mel_bins=128))
             urls = {split: f"{root}/{name}/{split}-*.tar" for split in ("train", "validation")}
-            data = {"name": "webdataset", "urls": urls, "batch_size": VIDEO_BATCH, "num_workers": 8, field: spec,
-                    "label": dict(key="cls")}
+            data = {"name": "webdataset", "urls": urls, "batch_size": VIDEO_BATCH, "num_workers": 8, field: spec}
+            if name in MULTI_LABEL:
+                data.update(label=None, labels=dict(key="labels", num_classes=classes))
+            else:
+                data["label"] = dict(key="cls")
             tasks[name] = dict(data=data, steps=examples // VIDEO_BATCH * epochs, lr_multiplier=lr)
             heads[name] = classes
-    for task in tasks.values():
-        task.update(losses=dict(softmax_xent=dict()), forward=dict(pass_task=True))
+    for name, task in tasks.items():
+        loss = "sigmoid_xent" if name in MULTI_LABEL else "softmax_xent"
+        task.update(losses={loss: dict()}, forward=dict(pass_task=True))
     c.total_steps = sum(t["steps"] for t in tasks.values())
     c.model = ml_collections.ConfigDict(dict(
         name="polyvit", width=768, depth=12, num_heads=12, mlp_dim=3072, modality_layers=0, dtype="bfloat16",
@@ -84,6 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals = ml_collections.ConfigDict({
         name: dict(type="classification", data=f"task:{name}", predict=f"logits/{name}", every=5000,
                    split="validation") for name in tasks})
+    for name in MULTI_LABEL:
+        c.evals[name].update(type="multilabel_map", targets="labels")
     c.log_every = 100
     c.checkpoint_every = 5000
     return c

@@ -99,3 +99,51 @@ def test_timesformer_parity():
                                    .reshape(b, t * n, width)], axis=1)
             print(f"{attention} scan={scan}: max abs err {np.abs(np.asarray(got) - want).max():.2e}")
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5, err_msg=f"{attention} {scan}")
+
+
+@pytest.mark.parity
+def test_timesformer_space_only_parity():
+    """HF ``TimesformerForVideoClassification`` with ``attention_type="space_only"`` (every frame alone,
+    no temporal table) imported: the patch tokens equal HF's per-frame ``last_hidden_state`` within
+    rtol 1e-4; the class token and the logits equal HF's final norm and classifier applied to the
+    frames' averaged pre-norm class tokens (TimeSformer's clip prediction; HF predicts per frame)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import tempfile
+
+    from vlfm.convert.hf import load_hf
+
+    b, t, size, patch, width = 2, 3, 16, 8, 32
+    n = (size // patch) ** 2
+    video = torch.randn(b, t, 3, size, size)
+    torch.manual_seed(0)
+    hf = transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(
+        image_size=size, patch_size=patch, num_frames=t, hidden_size=width, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, attention_type="space_only", num_labels=5)).eval()
+    with torch.no_grad():
+        hf.timesformer.embeddings.cls_token.normal_()
+        hf.classifier.bias.normal_()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        cfg, params = load_hf(tmp, scan=True)
+    assert cfg["image"]["attention_type"] == "space_only" and cfg["image"]["pos_embedding"] == "space"
+    assert "time_embed" not in params["image_tower"]
+    model = build_model(cfg)
+    apply = jax.jit(lambda p, v: model.apply({"params": p}, {"video": v}))
+    clip = video.permute(0, 1, 3, 4, 2).numpy()
+    out = apply(params, clip)
+    with torch.no_grad():
+        hidden = hf.timesformer(pixel_values=video, output_hidden_states=True)
+        clip_cls = hf.timesformer.layernorm(hidden.hidden_states[-1][:, 0].reshape(b, t, width).mean(1))
+        want_logits = hf.classifier(clip_cls).numpy()
+    want = np.concatenate([clip_cls.numpy()[:, None], hidden.last_hidden_state[:, 1:].reshape(b, t * n, width).numpy()],
+                          axis=1)
+    got = np.asarray(out["tokens"])
+    print(f"space_only: max abs err tokens {np.abs(got - want).max():.2e}, "
+          f"logits {np.abs(np.asarray(out['logits']) - want_logits).max():.2e}")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["logits"]), want_logits, rtol=1e-4, atol=1e-5)
+    # Each frame is on its own: changing frame 2 leaves frame 0's patch tokens as they were.
+    poked = apply(params, clip + np.eye(t, dtype=np.float32)[None, :, None, None, None, 2])["tokens"]
+    moved = np.abs(got - np.asarray(poked))[0].max(-1) > 1e-6
+    assert moved.tolist() == [True] + [False] * (2 * n) + [True] * n

@@ -14,10 +14,10 @@ from vlfm.data.video import VideoField, strided_indices, uniform_indices
 av = pytest.importorskip("av")
 
 
-def _mp4(frames, fps=8):
+def _mp4(frames, fps=8, fmt="mp4", codec="mpeg4"):
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+    with av.open(buf, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"qscale": "1"}
         for frame in frames:
@@ -63,6 +63,27 @@ def test_video_field_decodes_samples_and_counts_bad_clips():
     with pytest.raises(BadData) as bad:
         field.process(frames[:3], rng)
     assert bad.value.kind == "short_clip"
+
+
+def test_encoded_clips_sample_the_frames_the_array_path_samples():
+    """Decoding stops at the last sampled frame where the container states its length (MP4) and decodes
+    everything where it may not (WebM): either way the clip is the frames the same draw picks from the
+    decoded array."""
+    from vlfm.data.video import decode_sampled
+
+    frames = np.repeat((np.arange(40, dtype=np.uint8) * 6 + 10)[:, None, None, None], 16, axis=1)
+    frames = np.ascontiguousarray(np.broadcast_to(frames, (40, 16, 16, 3)))
+    field = VideoField(train=True, num_frames=4, max_stride=3, image=dict(size=16, scale=(1.0, 1.0), flip=False))
+    for fmt, codec in (("mp4", "mpeg4"), ("webm", "libvpx")):
+        data = _mp4(frames, fmt=fmt, codec=codec)
+        calls = []
+        picked = decode_sampled(data, lambda n: calls.append(n) or np.array([3, 9, 15]))
+        assert calls == [40]  # one draw, over all 40 frames
+        np.testing.assert_allclose([p.mean() for p in picked], [28, 64, 100], atol=3)
+        for seed in range(3):
+            got = field.process(data, np.random.default_rng(seed))["video"].astype(float).mean(axis=(1, 2, 3))
+            want = field.process(frames, np.random.default_rng(seed))["video"].astype(float).mean(axis=(1, 2, 3))
+            np.testing.assert_allclose(got, want, atol=3)  # lossy codecs, levels 6 apart
 
 
 def test_training_augmentation_is_one_draw_per_clip():

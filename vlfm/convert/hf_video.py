@@ -8,7 +8,13 @@ layers, read through the ViT tables; TimeSformer's add a temporal attention and 
 projections are split into query, key and value.
 
 vlfm's video tokens are in (time, space) order, HF TimeSformer's in (space, time) order: the same
-tokens, permuted (``last_hidden_state[:, 1:]`` reshaped to ``[B, N, T, D]`` and transposed)."""
+tokens, permuted (``last_hidden_state[:, 1:]`` reshaped to ``[B, N, T, D]`` and transposed).
+
+HF's ``space_only`` TimeSformer (no temporal table, each frame alone) returns every frame's tokens,
+``[B * T, 1 + N, D]`` after the final norm, and its classifier one prediction per frame; vlfm's
+``space_only`` tower returns the same patch tokens in one ``[B, 1 + T * N, D]`` sequence and one class
+token, the frames' class-token outputs averaged before the final norm (TimeSformer's own
+``space_only`` model), so the imported classifier predicts once per clip."""
 
 from __future__ import annotations
 
@@ -58,7 +64,7 @@ TIMESFORMER_LAYER = VIT_LAYER + (
     ("temporal_layernorm", "temporal_ln", "norm"),
     ("temporal_dense", "temporal_dense", "linear"),
 )
-TIMESFORMER_ATTENTION = {"divided_space_time": "divided", "joint_space_time": "joint"}
+TIMESFORMER_ATTENTION = {"divided_space_time": "divided", "joint_space_time": "joint", "space_only": "space_only"}
 
 
 def _encoder_fields(c: Mapping[str, Any]) -> dict:
@@ -91,7 +97,8 @@ def hf_video_config(hf_config: Mapping[str, Any], keys: set[str], scan: bool = T
                              f"{', '.join(TIMESFORMER_ATTENTION)}")
         size, frames = square_size("timesformer", hf_config, "image_size"), int(hf_config["num_frames"])
         tower = dict(name="video_vit", image_size=size, patch_size=square_size("timesformer", hf_config, "patch_size"),
-                     tubelet_size=1, attention_type=TIMESFORMER_ATTENTION[attention], pos_embedding="space_time",
+                     tubelet_size=1, attention_type=TIMESFORMER_ATTENTION[attention],
+                     pos_embedding="space" if attention == "space_only" else "space_time",
                      num_frames=frames, pool="cls", **_encoder_fields(hf_config))
         if "classifier.weight" in keys:  # TimesformerForVideoClassification: a head on the class token
             tower["num_classes"] = len(hf_config["id2label"])

@@ -4,13 +4,15 @@ A clip is ``num_frames`` frames of the video: in evaluation spread uniformly ove
 each of ``num_frames`` equal segments, as TSN and ViViT's evaluation), in training at a random stride
 from 1 to ``max_stride`` with a random start (a clip of that span must fit, or the stride shrinks).
 Every frame of a clip goes through the same image preprocessing with the same random draws (one crop,
-one flip for the clip), so augmentation never tears motion apart.
+one flip for the clip), so augmentation never tears motion apart. Encoded videos are decoded up to the
+clip's last frame only (where the container states its length), and only the clip's frames are
+converted to RGB: ``benchmarks/av_throughput.py`` measures what that saves.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,15 +37,49 @@ def strided_indices(num_available: int, num_frames: int, rng: np.random.Generato
     return start + stride * np.arange(num_frames)
 
 
-def decode_video(data: bytes) -> np.ndarray:
-    """Encoded video (MP4, WebM, ...) -> every frame as ``[T, H, W, 3]`` uint8 RGB (PyAV)."""
+def decode_frames(data: bytes) -> list:
+    """Encoded video (MP4, WebM, ...) -> every frame decoded (PyAV ``VideoFrame``s, still in the codec's
+    pixel format)."""
     import av  # optional dependency: the ``video`` extra
 
     with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        frames = list(container.decode(video=0))
     if not frames:
         raise ValueError("no video frames")
-    return np.stack(frames)
+    return frames
+
+
+def decode_sampled(data: bytes, choose: Callable[[int], np.ndarray]) -> list[np.ndarray]:
+    """Encoded video -> the frames ``choose(number of frames)`` picks, ``[H, W, 3]`` uint8 RGB each.
+
+    Decoding stops at the last frame picked when the container states its frame count (MP4 does; WebM
+    may not: then every frame is decoded first), and only the picked frames are converted to RGB (which
+    costs about as much as decoding). A video with fewer frames than its container states is sampled
+    again over the frames it has."""
+    import av  # optional dependency: the ``video`` extra
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stated, frames, index = int(stream.frames or 0), [], None
+        if stated > 0:
+            index = choose(stated)
+            last = int(index.max())
+            for frame in container.decode(stream):
+                frames.append(frame)
+                if len(frames) > last:
+                    break
+        else:
+            frames = list(container.decode(stream))
+    if not frames:
+        raise ValueError("no video frames")
+    if index is None or len(frames) <= int(index.max()):
+        index = choose(len(frames))
+    return [frames[i].to_ndarray(format="rgb24") for i in index]
+
+
+def decode_video(data: bytes) -> np.ndarray:
+    """Encoded video (MP4, WebM, ...) -> every frame as ``[T, H, W, 3]`` uint8 RGB (PyAV)."""
+    return np.stack([f.to_ndarray(format="rgb24") for f in decode_frames(data)])
 
 
 @FIELDS.register("video")
@@ -67,25 +103,25 @@ class VideoField(Field):
         self.num_frames, self.max_stride = num_frames, max_stride
 
     def process(self, raw: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        def choose(available: int) -> np.ndarray:
+            if available < self.num_frames:
+                raise BadData(SHORT_CLIP, f"{available} frames, the clip needs {self.num_frames}")
+            if self.train:
+                return strided_indices(available, self.num_frames, rng, self.max_stride)
+            return uniform_indices(available, self.num_frames)
+
         if isinstance(raw, (bytes, bytearray)):
             try:
-                frames = decode_video(bytes(raw))
+                picked = decode_sampled(bytes(raw), choose)
             except (OSError, ValueError, RuntimeError) as e:  # PyAV's errors are OSError / ValueError subclasses
                 raise BadData(CORRUPT_VIDEO, f"{type(e).__name__}: {e}") from None
         elif isinstance(raw, np.ndarray) and raw.ndim == 4:
-            frames = raw
+            picked = [np.ascontiguousarray(raw[i]) for i in choose(raw.shape[0])]
         else:
             raise BadData(BAD_VALUE, f"video is a {type(raw).__name__} {getattr(raw, 'shape', '')}, not bytes or "
                                      "[T, H, W, 3] frames")
-        if frames.shape[0] < self.num_frames:
-            raise BadData(SHORT_CLIP, f"{frames.shape[0]} frames, the clip needs {self.num_frames}")
-        if self.train:
-            index = strided_indices(frames.shape[0], self.num_frames, rng, self.max_stride)
-        else:
-            index = uniform_indices(frames.shape[0], self.num_frames)
         seed = int(rng.integers(2**63))  # one draw for the clip: every frame gets the same crop and flip
-        clip = [self.frames.process(np.ascontiguousarray(frames[i]), np.random.default_rng(seed))["image"]
-                for i in index]
+        clip = [self.frames.process(frame, np.random.default_rng(seed))["image"] for frame in picked]
         return {"video": np.stack(clip)}
 
     def info(self) -> dict[str, Any]:

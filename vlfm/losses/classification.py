@@ -22,6 +22,30 @@ def softmax_xent(outputs: dict, batch: dict, logits_key: str = "logits", label_k
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
 
+@LOSSES.register("sigmoid_xent")
+def sigmoid_xent(outputs: dict, batch: dict, logits_key: str = "logits", label_key: str = "labels") -> tuple[jax.Array, dict]:
+    """Binary cross-entropy of every class's sigmoid, for multi-label targets (AudioSet's loss in AST
+    and PolyViT): the mean over the classes and examples of each class's own logistic loss.
+
+    ``batch[label_key]``: multi-hot ``[B, classes]`` (any values in [0, 1]), or integer classes ``[B]``
+    read as one-hot (big_vision's sigmoid training of single-label sets). Metrics: ``label_accuracy``
+    (the share of (example, class) decisions right at probability 0.5) and ``positive_recall`` (of the
+    positive (example, class) pairs, the share scored above 0.5)."""
+    logits = outputs[logits_key].astype(jnp.float32)
+    labels = batch[label_key]
+    if labels.ndim == logits.ndim - 1:
+        targets = jax.nn.one_hot(labels, logits.shape[-1])
+    elif labels.shape == logits.shape:
+        targets = labels.astype(jnp.float32)
+    else:
+        raise ValueError(f"sigmoid_xent: labels {labels.shape} are neither classes per example nor multi-hot "
+                         f"like the logits {logits.shape}")
+    loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+    predicted, positive = logits > 0, targets > 0.5
+    recall = jnp.sum(predicted & positive) / jnp.maximum(positive.sum(), 1)
+    return loss, {"label_accuracy": jnp.mean(predicted == positive), "positive_recall": recall}
+
+
 @LOSSES.register("masked_xent")
 def masked_xent(outputs: dict, batch: dict, logits_key: str = "mlm_logits",
                 target_key: str = "mlm_targets", ignore_index: int = -1) -> tuple[jax.Array, dict]:

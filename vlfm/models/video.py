@@ -13,6 +13,12 @@ tokens, with the class token), then runs its MLP (``DividedSpaceTimeLayer``). It
 TimeSformer's factorised ones (``pos_embedding="space_time"``: a spatial table shared by the frames,
 the class token's entry first, plus a temporal table), as HF ``TimesformerModel``.
 
+Space-only attention (TimeSformer's ``space_only`` baseline; ``attention_type="space_only"``): every
+frame is an image of its own (its patches and a copy of the class token) through the plain ViT layers;
+after the last layer the frames' class-token outputs are averaged into the clip's, as TimeSformer
+averages its frames before the final norm. Its positions are the spatial table alone
+(``pos_embedding="space"``: no temporal table, so the frames' order is never seen).
+
 Spectrograms (Gong et al. 2021): ``[B, time, mel]`` log-mel features read as a one-channel image of
 ``mel`` rows and ``time`` columns, cut into ``patch x patch`` patches every ``frequency_stride`` /
 ``time_stride`` (overlapping at AST's 10), tokens in (frequency, time) order as HF ``ASTModel``; a class
@@ -32,8 +38,8 @@ from vlfm.models.tower_base import run_encoder
 from vlfm.models.towers import TOWERS
 from vlfm.models.vit import VisionTransformer
 
-ATTENTION_TYPES = ("joint", "divided")
-VIDEO_POSITIONS = ("learned", "space_time")
+ATTENTION_TYPES = ("joint", "divided", "space_only")
+VIDEO_POSITIONS = ("learned", "space_time", "space")
 
 
 def _with_prefix(module: VisionTransformer, x: jax.Array, n_prefix: int) -> jax.Array:
@@ -72,17 +78,20 @@ def _space_time_positions(module: "VideoTransformer", x: jax.Array, frames: int,
     """TimeSformer's factorised positions on ``[B, frames * N, D]`` tokens in (time, space) order: the
     spatial table ``pos_embed [n_prefix + N, D]`` (the class token's entry first) is shared by the
     frames, the temporal table ``time_embed [num_frames, D]`` by the positions of a frame (not the
-    class token). A clip of fewer frames than the table (an image: one) reads its first rows."""
+    class token; ``pos_embedding="space"`` has none). A clip of fewer frames than the table (an
+    image: one) reads its first rows."""
     dtype, pdtype = module.dtypes
     b, length, width = x.shape
     n = length // frames
     table = module.num_frames // module.tubelet_size if module.num_frames else frames
-    if frames > table:
+    if module.pos_embedding == "space_time" and frames > table:
         raise ValueError(f"a clip of {frames} tubelet frames is longer than the temporal position table "
                          f"({table}: num_frames={module.num_frames}, tubelet_size={module.tubelet_size})")
     space = layers.PosEmbed(n_prefix + n, width, param_dtype=pdtype, name="pos_embed")().astype(dtype)
-    time = layers.PosEmbed(table, width, param_dtype=pdtype, name="time_embed")()[:frames].astype(dtype)
-    x = x.reshape(b, frames, n, width) + space[n_prefix:][None, None] + time[None, :, None]
+    x = x.reshape(b, frames, n, width) + space[n_prefix:][None, None]
+    if module.pos_embedding == "space_time":
+        time = layers.PosEmbed(table, width, param_dtype=pdtype, name="time_embed")()[:frames].astype(dtype)
+        x = x + time[None, :, None]
     x = _with_prefix(module, x.reshape(b, length, width), n_prefix)
     if n_prefix:
         x = x.at[:, :n_prefix].add(space[:n_prefix][None])
@@ -186,10 +195,11 @@ class DividedSpaceTimeLayer(nn.Module):
 class VideoTransformer(VisionTransformer):
     """Videos ``[B, T, H, W, 3]`` (or images ``[B, H, W, 3]``) -> ViT outputs over tubelet tokens.
 
-    ``attention_type``: ``joint`` (every token attends to every token: ViViT's spatio-temporal model) or
-    ``divided`` (TimeSformer: time, then space, in every layer; at most one prefix token).
-    ``pos_embedding``: ``learned`` (one table over all tokens, ViViT) or ``space_time`` (TimeSformer's
-    spatial table plus a temporal one). ``num_frames``: the input frames the temporal table is made
+    ``attention_type``: ``joint`` (every token attends to every token: ViViT's spatio-temporal model),
+    ``divided`` (TimeSformer: time, then space, in every layer; at most one prefix token) or
+    ``space_only`` (TimeSformer's baseline: each frame alone, class tokens averaged at the end).
+    ``pos_embedding``: ``learned`` (one table over all tokens, ViViT), ``space_time`` (TimeSformer's
+    spatial table plus a temporal one) or ``space`` (the spatial table alone). ``num_frames``: the input frames the temporal table is made
     for (None: the frames of the input that initialises the model); shorter clips, and images, read
     its first rows.
     """
@@ -218,7 +228,7 @@ class VideoTransformer(VisionTransformer):
                         use_bias=self.patch_bias, init_std=self.init_std, dtype=dtype, param_dtype=pdtype,
                         name="tubelet_embed")(blocks)
         n_prefix = 1 if self.class_token else 0
-        if self.pos_embedding == "space_time":
+        if self.pos_embedding in ("space_time", "space"):
             return _space_time_positions(self, x, t // k, n_prefix, train=train), n_prefix
         return _prefix_and_positions(self, x, n_prefix, train=train), n_prefix
 
@@ -228,6 +238,8 @@ class VideoTransformer(VisionTransformer):
                              f"{', '.join(ATTENTION_TYPES)}")
         if self.attention_type == "joint":
             return run_encoder(self, x, norm="pre", train=train)
+        if self.attention_type == "space_only":
+            return self._per_frame(x, self._frames(video) // self.tubelet_size, train=train)
         if self.depth == 0:
             raise ValueError("attention_type='divided' needs layers of this tower (depth > 0); with none it would "
                              "change nothing")
@@ -245,6 +257,33 @@ class VideoTransformer(VisionTransformer):
             out, hidden = out
             return out, {"hidden": hidden}
         return out, {}
+
+
+    def _per_frame(self, x: jax.Array, frames: int, *, train: bool) -> tuple[jax.Array, dict]:
+        """Space-only attention: ``[B, prefix + frames * N, D]`` -> every frame with a copy of the prefix
+        through the ViT layers as one image (batch ``B * frames``) -> back in (time, space) order, the
+        frames' prefix outputs averaged. Hidden states are regrouped the same way; sown attention maps
+        stay per frame (``[B * frames, H, prefix + N, prefix + N]``)."""
+        p = 1 if self.class_token else 0
+        b, length, d = x.shape
+        n = (length - p) // frames
+
+        def split(h):  # [..., B, prefix + T N, D] -> [..., B T, prefix + N, D]
+            lead = h.shape[:-3]
+            patches = h[..., p:, :].reshape(*lead, b * frames, n, d)
+            prefix = jnp.repeat(h[..., :p, :], frames, axis=-3)
+            return jnp.concatenate([prefix, patches], axis=-2)
+
+        def merge(h):  # [..., B T, prefix + N, D] -> [..., B, prefix + T N, D]
+            lead = h.shape[:-3]
+            prefix = h[..., :p, :].reshape(*lead, b, frames, p, d).mean(axis=-3)
+            patches = h[..., p:, :].reshape(*lead, b, frames * n, d)
+            return jnp.concatenate([prefix, patches], axis=-2)
+
+        out, extras = run_encoder(self, split(x), norm="pre", train=train)
+        if "hidden" in extras:
+            extras["hidden"] = merge(extras["hidden"])
+        return merge(out), extras
 
 
 @TOWERS.register("spectrogram_vit")
