@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         name="flava", width=64, num_heads=4, mlp_dim=256, image_depth=2, text_depth=2, mm_depth=2, image_size=32,
         patch_size=8, vocab_size=84, max_text_len=16, projection_dim=64, image_vocab_size=64, tokenizer="kmeans",
-        mim_ratio=0.4, mim=True, mlm=True, mmm=True, itm=True,
+        init_std=None, mim_ratio=0.4, mim=True, mlm=True, mmm=True, itm=True,
     ))
     mim = dict(fn="masked_xent", logits_key="mim_logits", target_key="mim_targets")
     c.tasks = ml_collections.ConfigDict(dict(
