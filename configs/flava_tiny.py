@@ -44,7 +44,9 @@ PAIRS = dict(name="shapes_vl", num_examples=20_000, image_size=32, max_objects=1
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
+    """``arg="pairs"``: the pair task alone (contrastive, ITM, MMM), for studying the matching objectives."""
+    if arg not in (None, "", "pairs"):
+        raise ValueError(f"flava_tiny takes no argument or 'pairs', got {arg!r}")
     c = base_config()
     c.total_steps = 1500
     c.model = ml_collections.ConfigDict(dict(
@@ -62,6 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             mmm_image=dict(fn="masked_xent", logits_key="mmm_image_logits", target_key="mmm_image_targets"),
             mmm_text=dict(fn="masked_xent", logits_key="mmm_text_logits", target_key="mmm_text_targets"))),
     ))
+    if arg == "pairs":
+        del c.tasks["image"], c.tasks["text"]
     c.schedule = "round_robin"
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=100)
     c.optimizer.weight_decay = 0.01
@@ -74,6 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mmm_image=dict(type="token_accuracy", data=dict(PAIRS), predict="mmm_image_tokens", pad_id=-1, **held_out),
         retrieval=dict(type="retrieval", data=dict(PAIRS), **held_out),
     ))
+    if arg == "pairs":
+        c.evals = ml_collections.ConfigDict({k: c.evals[k] for k in ("itm", "mmm_text", "mmm_image", "retrieval")})
     c.log_every = 50
     c.checkpoint_every = 500
     return c
