@@ -11,6 +11,16 @@ answers) reads its pooled [CLS_M], trained with binary cross-entropy against the
 scores. ``init_from`` loads the pretrained encoders and projections; the pretraining heads (MIM, MLM,
 MMM, ITM) are left out and the VQA head starts fresh. Without it the model trains from scratch.
 Metric: VQA accuracy on 500 held-out questions (the commonest answer scores 0.18).
+
+Measured on 2 shared CPU cores (load average 15-22), configs as at this commit, 361,885 parameters, 500
+of the 1,000 steps, one seed each. From the 1,500-step flava_tiny run (its command is in
+``configs/flava_tiny.py``; 80 tensors load, the VQA head starts fresh), 18.6 min wall:
+    python -m vlfm.train --config configs/flava_tiny_vqa.py --workdir workdirs/flava_tiny_vqa \\
+        --config.total_steps=500 --config.checkpoint_every=500 --config.init_from.params=workdirs/flava_tiny/params
+VQA accuracy 0.509. From scratch, 14 min wall:
+    python -m vlfm.train --config configs/flava_tiny_vqa.py --workdir workdirs/flava_tiny_vqa_scratch \\
+        --config.total_steps=500 --config.checkpoint_every=500
+VQA accuracy 0.434 (prior baseline 0.18). The 1,000-step runs were not made.
 """
 
 import os
