@@ -10,6 +10,18 @@ only). Losses: masked_xent (MLM), itm (random negatives, unmasked images), mae_p
 VLC). The ``mae_pixel/mean_baseline`` metric is the loss of predicting each patch's mean, the bar the
 MAE loss must get below; evaluated on 500 held-out pairs: ITM accuracy (chance 0.5) and MLM accuracy
 with the masked image (unigram baseline).
+
+Measured on 2 shared CPU cores (load average 15-22), configs as at this commit, 257,154 parameters,
+1,000 of the 1,500 steps, 33.6 min wall:
+    python -m vlfm.train --config configs/vlc_tiny.py --workdir workdirs/vlc_tiny \\
+        --config.total_steps=1000 --config.checkpoint_every=1000
+Step 1,000: ITM 0.929 (ranking 0.930; chance 0.5), MLM 0.675 (unigram 0.140); step 500: ITM 0.620,
+MLM 0.646. MAE pixel loss on the training batches (no held-out MAE eval in this config): 0.577 averaged
+over steps 800-1,000 against a ``mean_baseline`` of 0.997 (1.009 at step 50, 0.710 at step 200).
+Inter-modality flow of that run on 500 held-out pairs (attention rollout, residual 0.5), 8 s wall:
+    python -m vlfm.evaluate --workdir workdirs/vlc_tiny --evals imf \\
+        "--config.evals.imf={'type': 'inter_modality_flow', 'split': 'validation', 'num_examples': 500}"
+IMF per layer 0.158 / 0.241 / 0.327 / 0.397 (uniform attention: 0.469). The full 1,500 steps were not run.
 """
 
 import ml_collections

@@ -27,7 +27,8 @@ def _config(name):
     return module.get_config()
 
 
-def _count(model_cfg, batches):
+def _count_shapes(model_cfg, batches) -> dict:
+    """Parameter shapes by path over every batch's branch (traced only, nothing allocated)."""
     model = build_model(model_cfg)
 
     def init():
@@ -37,7 +38,11 @@ def _count(model_cfg, batches):
             flat.update(flax.traverse_util.flatten_dict(strip_boxes(variables["params"]), sep="/"))
         return flat
 
-    return sum(int(np.prod(v.shape)) for v in jax.eval_shape(init).values())
+    return {k: v.shape for k, v in jax.eval_shape(init).items()}
+
+
+def _count(model_cfg, batches):
+    return sum(int(np.prod(shape)) for shape in _count_shapes(model_cfg, batches).values())
 
 
 def test_flava_full_matches_hf_parameter_counts():
@@ -119,3 +124,39 @@ def test_unimodal_tasks_need_their_heads():
         jax.eval_shape(lambda: model.init(jax.random.key(0), {"image": jnp.zeros((1, 16, 16, 3))}))
     with pytest.raises(ValueError, match="mlm=True"):
         jax.eval_shape(lambda: model.init(jax.random.key(0), {"text": jnp.zeros((1, 4), jnp.int32)}))
+
+
+def test_fine_tuning_heads_read_the_pretrained_backbone():
+    """VQA, visual-entailment and NLVR2 heads add only their classifier: every other parameter has a
+    pretrained twin of the same shape (what ``init_from`` loads); the logits have the task's shape."""
+    image, text = jnp.zeros((2, 16, 16, 3)), jnp.zeros((2, 5), jnp.int32)
+    codes = jnp.zeros((2, 4), jnp.int32)
+    pretrained = _count_shapes(TINY, [dict(image=image, text=text, mlm_text=text, mlm_targets=text,
+                                           mim_targets=codes), dict(image=image, mim_targets=codes),
+                                      dict(text=text)])
+    base = dict(TINY, mim=False, mlm=False, mmm=False, itm=False)
+    for extra, batch, key, classes, head in (
+            (dict(vqa_answers=7), dict(image=image, text=text), "vqa_logits", 7, "vqa_head"),
+            (dict(num_classes=3), dict(image=image, text=text), "logits", 3, "cls_head"),
+            (dict(pair_classes=2), dict(image=image, image2=image, text=text), "logits", 2, "pair_head")):
+        model = build_model(dict(base, **extra))
+        out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), batch))
+        shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(strip_boxes(variables["params"]),
+                                                                          sep="/").items()}
+        assert sorted({k.split("/")[0] for k in shapes if shapes[k] != pretrained.get(k)}) == [head]
+        assert out[key].shape == (2, classes)
+    model = build_model(dict(base, pair_classes=2))
+    with pytest.raises(ValueError, match="image2"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), dict(image=image, text=text)))
+
+
+@pytest.mark.slow
+def test_itm_on_unmasked_inputs_ignores_the_image_mask(tiny):
+    """``itm_masked=False``: ITM's multimodal pass reads the unmasked image, so changing the image mask
+    moves the MMM logits and leaves the ITM logits as they are (the fixture's parameters)."""
+    _, params, pair, _ = tiny
+    model = build_model(dict(TINY, itm_masked=False))
+    run = jax.jit(lambda b: model.apply({"params": params}, b, train=True, rngs=RNGS))
+    one, other = run(pair), run(dict(pair, image_mask=jnp.zeros((4, 4), bool).at[:, 2:].set(True)))
+    np.testing.assert_allclose(np.asarray(one["itm_logits"]), np.asarray(other["itm_logits"]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(one["mmm_image_logits"]), np.asarray(other["mmm_image_logits"]), atol=1e-4)

@@ -14,6 +14,18 @@ per-example values are averaged over the held-out examples. ``attention_imf`` is
 layer ``l``'s own attention (``F = A_l``, no composition), and ``uniform_imf`` what every layer would
 score if each token attended evenly to all real tokens (``2 |L| |V| / (|L| + |V|)^2``), the bar that
 tells a model that mixes modalities more or less than chance.
+
+Co-attention fusion (METER's default, BridgeTower) has no joint self-attention, and the rollout above
+says nothing about it: each side's self-attention softmax covers its own modality and its
+cross-attention softmax the other one, so under the rollout a text token's layer ``l`` flow is
+``r Ŝ_t`` on the text and ``(1 - r) C_ti`` on the image of the layer's input (``Ŝ = (1 - r) A + r I``,
+``C`` the cross-attention; likewise for image tokens), whatever the weights. Every row puts the same
+``1 - r`` on the other modality, so the composed share is a two-state chain's:
+``IMF_l = (1 - (2r - 1)^(l+1)) / 2`` for every input and every trained model (``co_attention_imf``;
+0.5 at every layer for ``r = 0.5``). ``co_attention_flow`` builds those layer matrices; the fusion
+models' ``joint_attention`` refuses co-attention for this reason. A measure of how much co-attention
+fusion actually mixes would have to weigh the branches by what they add (e.g. the norms of the
+attention outputs against the residual), not by the attention probabilities.
 """
 
 from __future__ import annotations
@@ -64,6 +76,24 @@ def modality_flow(flow: np.ndarray, modality: np.ndarray) -> dict[str, np.ndarra
     out = {"text_to_image": mass(image, text) / total, "image_to_text": mass(text, image) / total}
     out["imf"] = out["text_to_image"] + out["image_to_text"]
     return out
+
+
+def co_attention_flow(text_self: np.ndarray, text_cross: np.ndarray, image_self: np.ndarray,
+                      image_cross: np.ndarray, residual: float = 0.5) -> np.ndarray:
+    """One co-attention layer's rollout matrix over ``[text; image]`` (module docstring): text rows
+    ``[r Ŝ_t, (1 - r) C_ti]``, image rows ``[(1 - r) C_it, r Ŝ_i]``; inputs ``[..., Lt, Lt]``,
+    ``[..., Lt, Li]``, ``[..., Li, Li]``, ``[..., Li, Lt]`` (rows = queries, each summing to 1)."""
+    r = residual
+    hat = lambda a: (1.0 - r) * a + r * np.eye(a.shape[-1])  # noqa: E731
+    text = np.concatenate([r * hat(text_self), (1.0 - r) * text_cross], axis=-1)
+    image = np.concatenate([(1.0 - r) * image_cross, r * hat(image_self)], axis=-1)
+    return np.concatenate([text, image], axis=-2)
+
+
+def co_attention_imf(num_layers: int, residual: float = 0.5) -> np.ndarray:
+    """The IMF of layers ``0..num_layers-1`` of any co-attention stack under the rollout: fixed by the
+    residual weight alone, ``(1 - (2r - 1)^(l+1)) / 2``."""
+    return (1.0 - (2.0 * residual - 1.0) ** np.arange(1, num_layers + 1)) / 2.0
 
 
 @EVALUATORS.register("inter_modality_flow")

@@ -28,6 +28,14 @@ matching pairs only (FLAVA's ``pos_mask``). Image masks: ``batch["image_mask"]``
 [B, N], e.g. BEiT blocks from the data pipeline) or, without one, a random ``mim_ratio`` of the
 patches (``masking`` stream; a fixed key at evaluation). MIM targets: ``batch["mim_targets"]`` (e.g.
 precomputed dVAE codes) or the codes of the frozen ``tokenizer`` (``vlfm.models.image_tokenizer``).
+``itm_masked=False`` gives ITM its own multimodal pass over the unmasked image and text (the inputs
+the ``itm_score`` evaluation reads), at the cost of a third multimodal pass per step.
+
+Fine-tuning heads (off by default) read the multimodal encoder's pooled [CLS_M] of the unmasked pair:
+``vqa_answers`` (``vqa_logits``), ``num_classes`` (``logits``: visual entailment) and ``pair_classes``
+(``logits`` of ``image``, ``image2`` and ``text``: NLVR2, the text fused with each image and the two
+pooled vectors concatenated), each a ``ClassifierHead`` (dense 2x width, LayerNorm, GELU, dense) as
+the other fusion models use.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from vlfm.losses.itm import random_negatives
-from vlfm.models import layers
+from vlfm.models import heads, layers
 from vlfm.models.fusion import take_rows
 from vlfm.models.image_tokenizer import ImageTokenizer, resolve_tokenizer
 from vlfm.models.dual_encoder import l2_normalize
@@ -191,6 +199,11 @@ class Flava(nn.Module):
     mlm: bool = False
     mmm: bool = False
     itm: bool = False
+    itm_masked: bool = True
+    vqa_answers: int = 0
+    num_classes: int = 0
+    pair_classes: int = 0
+    classifier_ln_eps: float = 1e-5
     image_vocab_size: int = 8192
     head_ln_eps: float = 1e-12
     mim_ratio: float = 0.4
@@ -210,6 +223,8 @@ class Flava(nn.Module):
         "encode_text": lambda m, b: m.encode_text(b["text"], b.get("text_mask")),
         "mim_tokens": lambda m, b: m.image_tokens(b, "mim"),
         "mmm_image_tokens": lambda m, b: m.image_tokens(b, "mmm_image"),
+        "vqa_logits": lambda m, b: m(b)["vqa_logits"],
+        "logits": lambda m, b: m(b)["logits"],
     }
 
     def setup(self):
@@ -240,6 +255,13 @@ class Flava(nn.Module):
             self.mmm_text_head = head("mmm_text_head", self.vocab_size)
         if self.itm:
             self.itm_head = ItmHead(**common)
+        classifier = lambda n: heads.ClassifierHead(2 * self.width, n, self.classifier_ln_eps, **common)  # noqa: E731
+        if self.vqa_answers:
+            self.vqa_head = classifier(self.vqa_answers)
+        if self.num_classes:
+            self.cls_head = classifier(self.num_classes)
+        if self.pair_classes:
+            self.pair_head = classifier(self.pair_classes)
 
     # ---------------------------------------------------------------------------------------------
     # Encoders and embeddings
@@ -330,8 +352,16 @@ class Flava(nn.Module):
         out = {"image_embed": _unit(self.image_projection(image["tokens"][:, 0])),
                "text_embed": _unit(self.text_projection(text["tokens"][:, 0])),
                "logit_scale": self.temperature()}
+        cache = {}
+
+        def plain() -> dict:  # the multimodal pass over the unmasked pair, run once however many heads read it
+            if "fused" not in cache:
+                cache["fused"] = self.fuse(image, text, text_mask, train)
+            return cache["fused"]
+
+        out.update(self.task_logits(batch, plain, text, train))
         if not (self.itm or self.mmm):  # FlavaModel's forward: the multimodal pass over the unmasked inputs
-            out["mm_pooled"] = self.fuse(image, text, text_mask, train)["pooled"]
+            out["mm_pooled"] = plain()["pooled"]
             return out
         b = batch["image"].shape[0]
         mask = self.image_mask(batch)
@@ -347,7 +377,11 @@ class Flava(nn.Module):
                 image_idx, labels = random_negatives(self.make_rng("sampling"), b)
         fused = self.fuse(take_rows(masked_image, image_idx), masked_text, text_mask, train)["tokens"]
         if self.itm:
-            out.update(itm_logits=self.itm_head(fused), itm_labels=labels)
+            itm_fused = fused
+            if not self.itm_masked:  # the pairs' own multimodal pass over the unmasked image and text
+                itm_fused = self.fuse(take_rows(image, image_idx), text, text_mask, train)["tokens"] \
+                    if train else plain()["tokens"]
+            out.update(itm_logits=self.itm_head(itm_fused), itm_labels=labels)
         if self.mmm:
             n, length = self.num_patches(), batch["text"].shape[1]
             match = labels[:, None] == 1
@@ -357,6 +391,22 @@ class Flava(nn.Module):
             out["mmm_text_logits"] = self.mmm_text_head(fused[:, -length:])
             if "mlm_targets" in batch:
                 out["mmm_text_targets"] = jnp.where(match, batch["mlm_targets"], -1).astype(jnp.int32)
+        return out
+
+    def task_logits(self, batch: dict, plain, text: dict, train: bool) -> dict:
+        """Fine-tuning heads on the multimodal encoder's pooled [CLS_M] of the unmasked pair (``plain()``):
+        ``vqa_logits``, ``logits`` (one image: visual entailment; ``image2`` too: NLVR2, the text fused
+        with each image and the two pooled vectors concatenated, as the fusion models do)."""
+        out = {}
+        if self.vqa_answers:
+            out["vqa_logits"] = self.vqa_head(plain()["pooled"])
+        if self.num_classes:
+            out["logits"] = self.cls_head(plain()["pooled"])
+        if self.pair_classes:
+            if "image2" not in batch:
+                raise ValueError("model.pair_classes (NLVR2) needs 'image2' in the batch")
+            second = self.fuse(self.image_encoder(batch["image2"], train=train), text, batch.get("text_mask"), train)
+            out["logits"] = self.pair_head(jnp.concatenate([plain()["pooled"], second["pooled"]], axis=-1))
         return out
 
     # ---------------------------------------------------------------------------------------------

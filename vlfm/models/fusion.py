@@ -388,7 +388,9 @@ class FusionModel(TransformerTower):
         joint = [v for k, v in sown.items() if k.split("/")[-1] == "probs"]
         if len(joint) != 1 or len(joint[0]) != 1:
             raise ValueError(f"{type(self).__name__}: joint_attention needs one fused self-attention stack over "
-                             f"[text; image]; the fused pass sowed {sorted(sown) or 'nothing'}")
+                             f"[text; image]; the fused pass sowed {sorted(sown) or 'nothing'} (under co-attention the "
+                             "rollout's cross-modal share is fixed by the residual weight: "
+                             "vlfm.evaluators.flow.co_attention_imf)")
         probs = joint[0][0]  # [depth, B, H, T, T]
         length = text_mask.shape[1] + image_mask.shape[1]
         if probs.shape[-1] != length:
