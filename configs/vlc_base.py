@@ -5,9 +5,20 @@ with fixed sin-cos positions; normalised-pixel loss, weight 1), as guilk/VLC ``t
 
 Parameters (``tests/test_vlc.py`` checks them by hand with ``jax.eval_shape``): the encoder with text
 embeddings and pooler (as ViLT-B/16 at 224 px), the MLM head (untied), ITM, and the MAE decoder.
-VLC starts its encoder from MAE-pretrained ImageNet weights: ``--config.init_from.params=<a vlfm ViT
-export>`` with ``init_from.rename`` as ``configs/vilt_b32.py`` describes (HF ``ViTMAEModel`` encoders
-convert through their ViT layout).
+VLC starts its encoder from MAE-pretrained ImageNet weights. An HF ``ViTMAEModel`` or
+``ViTMAEForPreTraining`` directory (e.g. facebook/vit-mae-base) imports as a vlfm ViT
+(``image_classifier``: MAE's encoder; its fixed sin-cos position table becomes the learned table's
+starting value, its pixel decoder is left out with a warning), and ``init_from.rename`` (set below to
+``VIT_TO_VILT``, as ``configs/vilt_b32.py``) puts the patch and position embeddings, class token,
+encoder and final LayerNorm in VLC's places; the text embeddings, pooler, heads and VLC's own MAE
+decoder start fresh:
+    python -m vlfm.convert import $HF/vit-mae-base workdirs/vit_mae_base
+    python -m vlfm.train --config configs/vlc_base.py --workdir workdirs/vlc_base \\
+        --config.init_from.params=workdirs/vit_mae_base/params
+(``init_from.hf=$HF/vit-mae-base`` converts on load instead.) The ViT must match VLC's width, depth,
+heads and patch grid (ViT-B/16 at 224 px here); ``ln_eps`` should match the checkpoint's
+``layer_norm_eps`` (HF ``ViTMAEConfig``'s default is 1e-12, as here). ``tests/test_vitmae.py`` checks this path
+at tiny sizes: the imported tower against HF ``ViTMAEModel``, then a VLC started through this rename.
 
 Hyperparameters (guilk/VLC ``vlc/config.py``): AdamW lr 1e-4, weight decay 0.01, 2,500 warm-up steps,
 linear decay, 25k steps at batch 4096 (256 here).
@@ -19,6 +30,7 @@ Runtime: not run on CPU.
 
 import ml_collections
 
+from vlfm.convert.hf_fusion import VIT_TO_VILT
 from vlfm.optim.optimizers import DEFAULT_NO_DECAY
 from vlfm.train.config import base_config
 
@@ -33,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         decoder_width=512, decoder_depth=8, decoder_heads=16, decoder_mlp_dim=2048, dtype="bfloat16",
         attention="auto",
     ))
+    c.init_from.rename = VIT_TO_VILT  # used when init_from names a ViT (an imported HF ViTMAE, say)
     c.losses = ml_collections.ConfigDict(dict(masked_xent=dict(weight=1.0), itm=dict(weight=1.0),
                                               mae_pixel=dict(weight=1.0)))
     c.data = ml_collections.ConfigDict(dict(name="shapes_vl", num_examples=4_000, image_size=224, max_len=40,

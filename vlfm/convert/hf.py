@@ -1,4 +1,4 @@
-"""Import and export of Hugging Face checkpoints: BERT, RoBERTa, ViT and CLIP.
+"""Import and export of Hugging Face checkpoints: BERT, RoBERTa, ViT, CLIP, and import of MAE's ViT encoder.
 
 A checkpoint directory is what ``save_pretrained`` writes: ``config.json`` plus ``model.safetensors``
 (or a sharded ``model.safetensors.index.json``). Supported ``model_type`` values and the vlfm models
@@ -8,6 +8,13 @@ they become:
   with a ``bert`` tower; ``roberta`` (``RobertaModel``, or ``RobertaForMaskedLM`` with ``roberta.`` keys)
   likewise, with positions from ``pad_token_id + 1`` (``pos_offset``);
 - ``vit`` (``ViTModel``, or ``ViTForImageClassification`` with ``vit.`` keys) -> ``image_classifier``;
+- ``vit_mae`` (``ViTMAEModel``, or ``ViTMAEForPreTraining`` with ``vit.`` keys) -> the same
+  ``image_classifier`` with a ``vit`` tower, import only: MAE's encoder is a ViT without a pooler whose
+  fixed sin-cos position table (``embeddings.position_embeddings``) becomes the learned table's initial
+  value. The pixel decoder of ``ViTMAEForPreTraining`` (``decoder.*``) is not imported; ``load_hf``
+  logs a warning naming how many tensors it leaves out. The tower sees every patch (``mask_ratio`` plays
+  no part): its tokens are ``ViTMAEModel``'s ``last_hidden_state`` with ``mask_ratio=0`` and a ``noise``
+  that keeps the patch order. This is how VLC (``configs/vlc_base.py``) starts from MAE weights;
 - ``clip`` (``CLIPModel``) -> ``dual_encoder``; ``clip_text_model`` / ``clip_vision_model``
   (``CLIPTextModel`` / ``CLIPVisionModel``) -> ``text_encoder`` / ``image_classifier``.
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -44,6 +52,8 @@ from vlfm.registry import Registry
 
 __all__ = ["load_hf", "save_hf", "hf_to_vlfm_config", "vlfm_to_hf_config"]
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
@@ -58,8 +68,10 @@ HF_SAVERS: Registry = Registry("vlfm model with an HF export")
 # Non-parameter buffers that some checkpoints carry (e.g. the MiniLM file): never converted.
 BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-LOAD_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "vit": "vit.", "clip_text_model": "text_model.",
-                 "clip_vision_model": "vision_model."}
+LOAD_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "vit": "vit.", "vit_mae": "vit.",
+                 "clip_text_model": "text_model.", "clip_vision_model": "vision_model."}
+# ViTMAEForPreTraining's pixel decoder: pretraining only, left out of the import (and logged).
+MAE_DECODER_PREFIX = "decoder."
 
 HF_TO_VLFM_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
                   "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
@@ -231,7 +243,7 @@ def _rows(kind: str, model_config: Mapping[str, Any], prefix: str = "") -> list:
         return _bert_rows(model_config["text"]["depth"], prefix)
     if kind == "roberta":
         return _bert_rows(model_config["text"]["depth"], prefix, ROBERTA_MLM)
-    if kind == "vit":
+    if kind in ("vit", "vit_mae"):  # ViTMAE's encoder keys are ViT's, without a pooler
         return _vit_rows(model_config["image"]["depth"], prefix)
     if kind == "clip_text_model":
         return _clip_text_rows(model_config["text"]["depth"], prefix)
@@ -310,6 +322,15 @@ def _vit_tower(c: Mapping[str, Any], keys: set[str], prefix: str) -> dict:
     return tower
 
 
+def _vit_mae_tower(c: Mapping[str, Any], keys: set[str], prefix: str) -> dict:
+    """MAE's encoder as a vlfm ViT: HF ViT's layer layout, no pooler (MAE has none), the LayerNorm eps of
+    the checkpoint's config (``layer_norm_eps``, 1e-12 in HF's ViTMAEConfig) and a learned position table
+    started from MAE's fixed sin-cos one."""
+    if f"{prefix}pooler.dense.weight" in keys or "classifier.weight" in keys:
+        raise ValueError("a ViTMAE checkpoint has no pooler or classifier; found one, so this is not a ViTMAE layout")
+    return _vit_tower(c, keys, prefix)
+
+
 def _clip_text_tower(c: Mapping[str, Any]) -> dict:
     eos = c.get("eos_token_id", 49407)
     if not isinstance(eos, int):
@@ -349,6 +370,8 @@ def hf_to_vlfm_config(hf_config: Mapping[str, Any], keys: Iterable[str] = (), sc
                      text=_bert_tower(hf_config, keys, _key_prefix(keys, kind), roberta=kind == "roberta"))
     elif kind == "vit":
         model = dict(name="image_classifier", image=_vit_tower(hf_config, keys, _key_prefix(keys, "vit")))
+    elif kind == "vit_mae":
+        model = dict(name="image_classifier", image=_vit_mae_tower(hf_config, keys, _key_prefix(keys, "vit_mae")))
     elif kind == "clip_text_model":
         model = dict(name="text_encoder", text=_clip_text_tower(hf_config))
     elif kind == "clip_vision_model":
@@ -358,8 +381,8 @@ def hf_to_vlfm_config(hf_config: Mapping[str, Any], keys: Iterable[str] = (), sc
                      text=_clip_text_tower(hf_config["text_config"]), embed_dim=hf_config.get("projection_dim", 512),
                      logit_scale_init=hf_config.get("logit_scale_init_value", 2.6592))
     else:
-        raise ValueError(f"unsupported HF model_type {kind!r}; supported: bert, roberta, vit, clip, clip_text_model, "
-                         f"clip_vision_model, {', '.join(HF_LOADERS.names())}")
+        raise ValueError(f"unsupported HF model_type {kind!r}; supported: bert, roberta, vit, vit_mae, clip, "
+                         f"clip_text_model, clip_vision_model, {', '.join(HF_LOADERS.names())}")
     for tower in ("text", "image"):
         if tower in model:
             model[tower]["scan"] = scan
@@ -612,6 +635,19 @@ def _drop_duplicates(kind: str, model_config: Mapping[str, Any], tensors: dict[s
             del tensors[dup]
 
 
+def _drop_mae_decoder(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+    """Removes ViTMAEForPreTraining's pixel decoder (``decoder.*``, its mask token and position table
+    included) from ``tensors``: vlfm imports MAE's encoder only, and says so (a warning, so that the
+    command line shows it too) rather than dropping weights unannounced."""
+    decoder = sorted(k for k in tensors if k.startswith(MAE_DECODER_PREFIX))
+    if decoder:
+        size = sum(int(tensors[k].size) for k in decoder)
+        for k in decoder:
+            del tensors[k]
+        log.warning("%s: importing the ViTMAE encoder only; the MAE pixel decoder is not imported "
+                    "(%d tensors, %d values under %r)", path, len(decoder), size, MAE_DECODER_PREFIX)
+
+
 def map_tensors(tensors: Mapping[str, np.ndarray], rows: Iterable[tuple[str, str, str]],
                 shapes: Mapping[str, tuple[int, ...]], where: str) -> dict[str, np.ndarray]:
     """Fills the vlfm params ``shapes`` (flat, unscanned paths) from HF ``tensors`` through ``rows``.
@@ -653,8 +689,10 @@ def load_hf(path: str | os.PathLike, scan: bool = True) -> tuple[dict, dict]:
     if hf_config.get("model_type") in HF_LOADERS:  # ViLT, BridgeTower: vlfm.convert.hf_fusion
         return HF_LOADERS.get(hf_config["model_type"])(path, scan=scan)
     tensors = {k: v for k, v in _read_tensors(path).items() if not k.endswith(BUFFER_SUFFIXES)}
-    model_config = hf_to_vlfm_config(hf_config, tensors, scan=scan)
     kind = hf_config["model_type"]
+    if kind == "vit_mae":
+        _drop_mae_decoder(path, tensors)
+    model_config = hf_to_vlfm_config(hf_config, tensors, scan=scan)
     # Optional prefixes: BertForMaskedLM / ViTForImageClassification nest the encoder; CLIPTextModel and
     # CLIPVisionModel have "text_model." / "vision_model." on the Hub but none when transformers 5 saves them.
     prefix = _key_prefix(set(tensors), kind)
