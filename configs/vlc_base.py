@@ -17,8 +17,9 @@ decoder start fresh:
         --config.init_from.params=workdirs/vit_mae_base/params
 (``init_from.hf=$HF/vit-mae-base`` converts on load instead.) The ViT must match VLC's width, depth,
 heads and patch grid (ViT-B/16 at 224 px here); ``ln_eps`` should match the checkpoint's
-``layer_norm_eps`` (HF ``ViTMAEConfig``'s default is 1e-12, as here). ``tests/test_vitmae.py`` checks this path
-at tiny sizes: the imported tower against HF ``ViTMAEModel``, then a VLC started through this rename.
+``layer_norm_eps`` (HF ``ViTMAEConfig``'s default is 1e-12, as here). ``tests/test_vitmae.py`` checks
+this path at tiny sizes: the imported tower against HF ``ViTMAEModel``, then a VLC started through
+this rename.
 
 Hyperparameters (guilk/VLC ``vlc/config.py``): AdamW lr 1e-4, weight decay 0.01, 2,500 warm-up steps,
 linear decay, 25k steps at batch 4096 (256 here).
