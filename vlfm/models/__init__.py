@@ -10,6 +10,7 @@ from vlfm.models import flava, vlc  # noqa: F401  (registers FLAVA and VLC)
 from vlfm.models import dide  # noqa: F401  (registers the distilled dual encoder)
 from vlfm.models import r2d2  # noqa: F401  (registers R2D2)
 from vlfm.models import visual_parsing  # noqa: F401  (registers Visual Parsing)
+from vlfm.models import omnivl  # noqa: F401  (registers OmniVL)
 from vlfm.models.registry import MODELS, build_model
 from vlfm.models.towers import TOWERS, build_tower
 
