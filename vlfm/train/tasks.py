@@ -192,7 +192,7 @@ def _stage_orders(tasks: Sequence[Task], seed: int) -> list[np.ndarray]:
     task indices of its steps: each task ``steps`` times, in one seeded permutation (the ``weighted`` rule)."""
     groups: list[tuple[str, list[int]]] = []
     for i, task in enumerate(tasks):
-        key = task.stage or f"task:{task.name}"
+        key = getattr(task, "stage", "") or f"task:{task.name}"
         if groups and groups[-1][0] == key:
             groups[-1][1].append(i)
         elif any(key == g for g, _ in groups):
