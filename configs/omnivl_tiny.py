@@ -64,8 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="omnivl", embed_dim=64, align_depth=1, align_heads=4, align_mlp_dim=256,
         image=dict(name="video_vit", image_size=32, patch_size=8, tubelet_size=1, attention_type="divided",
                    pos_embedding="space_time", num_frames=CLIPS["num_frames"], **TOWER),
-        text=dict(name="bert", vocab_size=70, max_len=16, dropout_rate=0.0, attn_dropout_rate=0.0, pooler=False,
-                  **TOWER),
+        text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TOWER),
         decoder=dict(name="multimodal_decoder", vocab_size=70, max_len=16, depth=1, num_heads=4, mlp_dim=256),
     ))
     if arg == "video_only":
@@ -89,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         video_zeroshot=dict(type="clip_zeroshot", every=every, split="validation", num_examples=500,
                             input_key="video", view="video_label", class_names="data", templates="data",
                             data=dict(CLIPS)),
+        video_itm=dict(type="itm_accuracy", every=every, split="validation", num_examples=500, input_key="video",
+                       data=dict(CLIPS, view="video_caption")),
     ))
     c.log_every = 50
     c.checkpoint_every = c.total_steps

@@ -5,8 +5,9 @@ BLIP-style vision-grounded decoders, trained with UniVLC on image/video-text and
   ``[B, H, W, 3]`` is a one-frame video (the tower reads the first row of its temporal table), so image
   and video batches share every parameter. The model reads ``batch["video"]`` when the batch has one,
   else ``batch["image"]``.
-- Text encoder: a ``bert`` tower; the contrastive embeddings are the normalised projections of both
-  towers' class tokens (``embed_dim``) with a learned temperature.
+- Text encoder: a ``bert`` tower (or any text tower); the contrastive embeddings are the normalised
+  projections of both towers' pooled vectors (``embed_dim``: the class tokens, BERT without its pooler)
+  with a learned temperature.
 - Vision-grounded alignment decoder: ``align_depth`` post-LN layers over the text encoder's tokens,
   each with cross-attention to the visual tokens, and a 2-way ITM head on the first token. ITM pairs are
   ALBEF's ``3B`` (positives, a hard-negative visual input per text, a hard-negative text per visual
@@ -57,7 +58,8 @@ class OmniVL(nn.Module):
     """``batch["image"]`` or ``batch["video"]``, ``batch["text"]`` (+ ``text_mask``, ``label``) -> contrastive
     embeddings, ITM logits and caption logits (see the module docstring).
 
-    ``image``: a ``video_vit`` tower config (``attention_type="divided"``); ``text``: a ``bert`` tower config;
+    ``image``: a ``video_vit`` tower config (``attention_type="divided"``); ``text``: a ``bert`` (or other text)
+    tower config;
     ``decoder``: a ``multimodal_decoder`` config (its width is the text width). The alignment decoder takes
     the text tower's width and ``align_depth`` / ``align_heads`` / ``align_mlp_dim``.
     """
@@ -118,15 +120,17 @@ class OmniVL(nn.Module):
         out = self.visual_tower(visual, train=train)
         return self.visual_proj(out["pooled"]), out["tokens"]
 
-    def _text_tokens(self, ids: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
-        return self.text_tower(ids, mask, train=train)["tokens"]
+    def _text(self, ids: jax.Array, mask: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
+        """(unnormalised contrastive embedding [B, E] of the tower's pooled vector, text tokens [B, L, W])."""
+        out = self.text_tower(ids, mask, train=train)
+        return self.text_proj(out["pooled"]), out["tokens"]
 
     def encode_visual(self, visual: jax.Array, train: bool = False) -> jax.Array:
         """Normalised contrastive embedding of images ``[B, H, W, 3]`` or videos ``[B, T, H, W, 3]``."""
         return l2_normalize(self._visual_tokens(visual, train)[0])
 
     def encode_text(self, ids: jax.Array, mask: jax.Array | None = None, train: bool = False) -> jax.Array:
-        return l2_normalize(self.text_proj(self._text_tokens(ids, mask, train)[:, 0]))
+        return l2_normalize(self._text(ids, mask, train)[0])
 
     # -- alignment decoder ---------------------------------------------------------------------------
 
@@ -140,7 +144,7 @@ class OmniVL(nn.Module):
     def itm_score(self, batch: dict) -> jax.Array:
         """Match score ``logit(match) - logit(no match)`` of each (visual, text) row, for re-ranking."""
         visual = self._visual_tokens(_visual(batch), False)[1]
-        logits = self.align(self._text_tokens(batch["text"], batch.get("text_mask"), False), batch.get("text_mask"),
+        logits = self.align(self._text(batch["text"], batch.get("text_mask"), False)[1], batch.get("text_mask"),
                             visual)
         return logits[:, 1] - logits[:, 0]
 
@@ -169,9 +173,9 @@ class OmniVL(nn.Module):
     def __call__(self, batch: dict, *, train: bool = False) -> dict:
         text, mask = batch["text"], batch.get("text_mask")
         visual_latent, visual_tokens = self._visual_tokens(_visual(batch), train)
-        text_tokens = self._text_tokens(text, mask, train)
+        text_latent, text_tokens = self._text(text, mask, train)
         out = {"image_embed": l2_normalize(visual_latent),
-               "text_embed": l2_normalize(self.text_proj(text_tokens[:, 0])),
+               "text_embed": l2_normalize(text_latent),
                "logit_scale": jnp.exp(jnp.minimum(self.logit_scale, self.max_logit_scale))}
         if not train:
             return out
