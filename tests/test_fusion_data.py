@@ -145,6 +145,21 @@ def test_itm_and_mlm_evaluators():
     assert results["accuracy"] == 1.0 and 0 < results["unigram_baseline"] < 0.5
 
 
+def test_itm_evaluator_reads_videos_with_input_key():
+    """Video-text matching: the mismatched input is another row's clip under ``input_key``."""
+    data = dict(name="moving_shapes", num_examples=16, num_frames=2, image_size=16, view="video_caption")
+    _, a = _arrays("moving_shapes", n=16, num_frames=2, image_size=16, view="video_caption")
+    truth = {hash(v.tobytes()): t.tobytes() for v, t in zip(a["video"], a["text"])}
+    score = lambda p, b: np.array([1.0 if truth[hash(v.tobytes())] == t.tobytes() else -1.0  # noqa: E731
+                                   for v, t in zip(b["video"], b["text"])])
+    ev = EVALUATORS.get("itm_accuracy")({"itm_score": score}, data=data, num_examples=16, input_key="video")
+    results = dict(ev.run(None))
+    assert results["accuracy"] == 1.0 and results["ranking_accuracy"] == 1.0
+    always = {"itm_score": lambda p, b: np.ones(len(b["video"]))}
+    ev = EVALUATORS.get("itm_accuracy")(always, data=data, num_examples=16, input_key="video")
+    assert dict(ev.run(None))["accuracy"] == 0.5
+
+
 def test_rerank_retrieval_fixes_a_poor_dual_encoder_inside_the_top_k():
     """A dual encoder that ranks the right caption 2nd-5th, and an ITM oracle: re-ranking its top 10
     lifts R@1 to 1; with k=1 nothing can change."""

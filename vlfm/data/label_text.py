@@ -57,9 +57,12 @@ def _kept(example: Mapping[str, Any], keep: Sequence[str], where: str) -> dict:
 @DATASETS.register("label_text")
 def label_text_dataset(split: str, source: Mapping[str, Any], templates: str | Sequence[str] = "data",
                        max_len: int | None = None, keep: Sequence[str] = ("image",),
-                       label_key: str = "label") -> DatasetBundle:
+                       label_key: str = "label", label_offset: int = 0) -> DatasetBundle:
     """Image-label data as image-text-label examples: ``keep`` keys, ``text``/``text_mask`` (a prompt of
-    the class, drawn per example) and ``label`` (the class id)."""
+    the class, drawn per example) and ``label`` (the class id plus ``label_offset``: where this dataset's
+    classes start in a label space shared with other label datasets, e.g. image and video classes)."""
+    if label_offset < 0:
+        raise ValueError(f"label_text: label_offset must be >= 0, got {label_offset}")
     bundle = build_dataset(source, split)
     info = bundle.info
     if templates == "data":
@@ -89,7 +92,7 @@ def label_text_dataset(split: str, source: Mapping[str, Any], templates: str | S
             raise ValueError(f"label_text: label {label} outside the {num_classes} classes of {bundle.name}")
         t = int(rng.integers(num_templates))
         return dict(_kept(example, keep, "label_text"), text=ids[label, t], text_mask=mask[label, t],
-                    label=np.int32(label))
+                    label=np.int32(label + label_offset))
 
     return _wrap(bundle, prompt, dict(info, max_len=max_len, num_templates=num_templates))
 

@@ -84,16 +84,26 @@ def caption(split: str, index: int) -> str:
                                v=pick(_SPEED_WORDS[SPEEDS[a["speed"]]]))
 
 
-def tokenizer() -> WordTokenizer:
-    return WordTokenizer(VOCAB)
+VOCABS = ("own", "shapes")
+
+
+def tokenizer(vocab: str = "own") -> WordTokenizer:
+    """``own``: the clips' words alone; ``shapes``: the built-in shapes' vocabulary, then the clips' other
+    words (so one text encoder reads the built-in images' and videos' texts with the same ids)."""
+    if vocab == "own":
+        return WordTokenizer(VOCAB)
+    if vocab == "shapes":
+        return WordTokenizer(list(shapes.VOCAB) + sorted(set(VOCAB) - set(shapes.VOCAB)))
+    raise ValueError(f"unknown moving_shapes vocab {vocab!r}; valid: {', '.join(VOCABS)}")
 
 
 class _Clips(grain.sources.RandomAccessDataSource):
     """index -> {"video" [-1, 1], "label", "color", "shape"(, "text", "text_mask")}, generated on access."""
 
-    def __init__(self, split: str, num_examples: int, num_frames: int, image_size: int, max_len: int | None):
+    def __init__(self, split: str, num_examples: int, num_frames: int, image_size: int, max_len: int | None,
+                 vocab: str = "own"):
         self.split, self.num_examples, self.num_frames, self.image_size = split, num_examples, num_frames, image_size
-        self.max_len = max_len
+        self.max_len, self.vocab = max_len, vocab
 
     def __len__(self) -> int:
         return self.num_examples
@@ -106,20 +116,22 @@ class _Clips(grain.sources.RandomAccessDataSource):
                "label": np.int32(a["direction"] * len(SPEEDS) + a["speed"]),
                "color": np.int32(a["color"]), "shape": np.int32(a["shape"])}
         if self.max_len is not None:
-            tokens = tokenizer().encode_batch([caption(self.split, index)], self.max_len)
+            tokens = tokenizer(self.vocab).encode_batch([caption(self.split, index)], self.max_len)
             out["text"], out["text_mask"] = tokens["ids"][0], tokens["mask"][0]
         return out
 
 
 @DATASETS.register("moving_shapes")
 def moving_shapes_dataset(split: str, num_examples: int = 10_000, view: str = "video_label", num_frames: int = 8,
-                          image_size: int = 32, max_len: int = 10) -> DatasetBundle:
+                          image_size: int = 32, max_len: int = 10, vocab: str = "own") -> DatasetBundle:
     """Built-in videos: ``video`` ``[num_frames, image_size, image_size, 3]`` in [-1, 1] with ``label``
-    (direction x speed), ``color`` and ``shape``; ``video_caption`` adds the caption as ``text``."""
+    (direction x speed), ``color`` and ``shape``; ``video_caption`` adds the caption as ``text``.
+    ``vocab``: the tokenizer's words (``tokenizer``): ``shapes`` to share a text encoder with the built-in
+    images."""
     if view not in VIEWS:
         raise ValueError(f"unknown moving_shapes view {view!r}; valid views: {', '.join(VIEWS)}")
-    source = _Clips(split, num_examples, num_frames, image_size, max_len if view == "video_caption" else None)
-    tok = tokenizer()
+    tok = tokenizer(vocab)
+    source = _Clips(split, num_examples, num_frames, image_size, max_len if view == "video_caption" else None, vocab)
     info = dict(name="moving_shapes", num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES),
                 class_prompts=[[p.format(name=n) for p in _PROMPTS] for n in CLASS_NAMES], tokenizer=tok,
                 vocab_size=tok.vocab_size, max_len=max_len)

@@ -82,25 +82,29 @@ class ItmEvaluator:
     image of a row ``shift`` away (no match); a pair counts as right when ``itm_score`` is positive
     for the match and negative for the mismatch. Also reports the match-vs-mismatch ranking accuracy.
 
-    The mismatched images come from the host's own share of the split (on one host: the whole split)."""
+    The mismatched images come from the host's own share of the split (on one host: the whole split).
+    ``input_key``: the batch key of the visual input (``video`` for video-text matching)."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
-                 num_examples: int | None = None, batch_size: int = 256, shift: int = 1):
+                 num_examples: int | None = None, batch_size: int = 256, shift: int = 1, input_key: str = "image"):
         self.predict = predict_fns["itm_score"]
         self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
-        self.shift = shift
+        self.shift, self.input_key = shift, input_key
 
     def _rows(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """The host's pairs, each with the image of the pair ``shift`` rows before it (wrapping around)."""
         rows = list(eval_examples(self.bundle, self.num_examples))
+        key = self.input_key
         for j, (i, row) in enumerate(rows):
-            pair = {k: row[k] for k in ("image", "text", "text_mask")}
-            yield i, dict(pair, other_image=rows[(j - self.shift) % len(rows)][1]["image"])
+            pair = {k: row[k] for k in (key, "text", "text_mask")}
+            yield i, dict(pair, other_image=rows[(j - self.shift) % len(rows)][1][key])
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
+        key = self.input_key
+
         def scores(p, b):
-            pair = {k: b[k] for k in ("image", "text", "text_mask")}
-            return self.predict(p, pair), self.predict(p, dict(pair, image=b["other_image"]))
+            pair = {k: b[k] for k in (key, "text", "text_mask")}
+            return self.predict(p, pair), self.predict(p, dict(pair, **{key: b["other_image"]}))
 
         pos, neg = predict_split({"scores": scores}, params, self._rows(), self.batch_size)["scores"]
         yield "accuracy", float(0.5 * (np.mean(pos > 0) + np.mean(neg < 0)))

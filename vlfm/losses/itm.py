@@ -40,42 +40,53 @@ def random_negatives(rng: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Ar
     return image_idx, (image_idx == rows).astype(jnp.int32)
 
 
-def _draw(key: jax.Array, logits: jax.Array, rows: jax.Array) -> jax.Array:
-    """One column per row with probability softmax(logits), never the row's own column."""
+def _draw(key: jax.Array, logits: jax.Array, rows: jax.Array, row_labels: jax.Array | None = None,
+          labels: jax.Array | None = None) -> jax.Array:
+    """One column per row with probability softmax(logits), never the row's own column nor (with labels)
+    a column of the row's label (labels < 0 are a row's own)."""
     own = jnp.arange(logits.shape[1])[None, :] == rows[:, None]
+    if labels is not None:
+        own = own | ((row_labels[:, None] == labels[None, :]) & (row_labels[:, None] >= 0))
     return jax.random.categorical(key, jnp.where(own, -jnp.inf, logits), axis=-1).astype(jnp.int32)
 
 
 def hard_negatives(rng: jax.Array, image_embed: jax.Array, text_embed: jax.Array,
-                   scale: jax.Array | float = 1.0) -> tuple[jax.Array, jax.Array]:
+                   scale: jax.Array | float = 1.0, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """``(negative image per text, negative text per image)``, global indices ``[B]`` each, drawn with
-    probability ``softmax(scale * similarity)`` over the global batch with the positive excluded."""
+    probability ``softmax(scale * similarity)`` over the global batch with the positive excluded.
+
+    ``labels`` (int ``[B]``): every column of the row's label is excluded too (R2D2 and UniCL-style data,
+    where prompts of one class are positives of each other); a negative label is the row's own. A row
+    whose every other column shares its label has no negative to draw (do not batch so)."""
     zi = jax.lax.stop_gradient(image_embed).astype(jnp.float32)
     zt = jax.lax.stop_gradient(text_embed).astype(jnp.float32)
     scale = jax.lax.stop_gradient(jnp.asarray(scale, jnp.float32))
+    if labels is None:
+        labels = jnp.full(zi.shape[:1], -1, jnp.int32)
+    labels = jax.lax.stop_gradient(labels).astype(jnp.int32)
 
-    def local(zi_rows, zt_rows, all_img, all_txt, offset, key, s):
+    def local(zi_rows, zt_rows, lab_rows, all_img, all_txt, all_lab, offset, key, s):
         k_img, k_txt = jax.random.split(key)
         rows = offset + jnp.arange(zi_rows.shape[0])
-        neg_image = _draw(k_img, s * zt_rows @ all_img.T, rows)  # each text's negative image
-        neg_text = _draw(k_txt, s * zi_rows @ all_txt.T, rows)  # each image's negative text
+        neg_image = _draw(k_img, s * zt_rows @ all_img.T, rows, lab_rows, all_lab)  # each text's negative image
+        neg_text = _draw(k_txt, s * zi_rows @ all_txt.T, rows, lab_rows, all_lab)  # each image's negative text
         return neg_image, neg_text
 
     mesh = jax.sharding.get_abstract_mesh()
     axes = _batch_axes(mesh)
     if not axes:
-        return local(zi, zt, zi, zt, 0, rng, scale)
+        return local(zi, zt, labels, zi, zt, labels, 0, rng, scale)
 
-    def per_shard(zi_rows, zt_rows, key, s):
+    def per_shard(zi_rows, zt_rows, lab_rows, key, s):
         index = jax.lax.axis_index(axes)
-        all_img = jax.lax.all_gather(zi_rows, axes, tiled=True)
-        all_txt = jax.lax.all_gather(zt_rows, axes, tiled=True)
-        return local(zi_rows, zt_rows, all_img, all_txt, index * zi_rows.shape[0], jax.random.fold_in(key, index), s)
+        gather = lambda x: jax.lax.all_gather(x, axes, tiled=True)  # noqa: E731
+        return local(zi_rows, zt_rows, lab_rows, gather(zi_rows), gather(zt_rows), gather(lab_rows),
+                     index * zi_rows.shape[0], jax.random.fold_in(key, index), s)
 
     spec = P(axes, None)
-    fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, P(), P()),
+    fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, P(axes), P(), P()),
                        out_specs=(P(axes), P(axes)), check_vma=False)
-    return fn(zi, zt, rng, scale)
+    return fn(zi, zt, labels, rng, scale)
 
 
 def hard_negative_pairs(neg_image: jax.Array, neg_text: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -11,6 +11,7 @@ from vlfm.models import dide  # noqa: F401  (registers the distilled dual encode
 from vlfm.models import r2d2  # noqa: F401  (registers R2D2)
 from vlfm.models import uniperceiver  # noqa: F401  (registers Uni-Perceiver)
 from vlfm.models import visual_parsing  # noqa: F401  (registers Visual Parsing)
+from vlfm.models import omnivl  # noqa: F401  (registers OmniVL)
 from vlfm.models.registry import MODELS, build_model
 from vlfm.models.towers import TOWERS, build_tower
 

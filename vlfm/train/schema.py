@@ -31,7 +31,7 @@ MISSING = inspect.Parameter.empty
 # ``config.teachers.NAME``: a model from a config file / model config / training workdir, its params from a
 # params export / checkpoint, or an HF directory (vlfm.train.teachers).
 # ``config.tasks.NAME`` (vlfm.train.tasks).
-TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps", "forward")
+TASK_KEYS = ("data", "losses", "weight", "lr_multiplier", "freeze", "teachers", "steps", "stage", "forward")
 TEACHER_KEYS = ("config", "model", "workdir", "params", "checkpoint", "hf", "forward")
 EVAL_KEYS = ("type", "every")  # read by the trainer; the rest are the evaluator's arguments
 LOSS_KEYS = ("weight", "fn")  # read by combined_loss; the rest are the loss function's arguments

@@ -12,7 +12,9 @@ decides which tasks run at each step:
 - ``accumulate``: every task every step; their gradients go to the optimizer's combiner (summed, or
   UFO gradient masking) as one update;
 - ``stages``: task by task, each for its ``steps`` (VLMo's image -> text -> image-text stages),
-  each stage with its own freezing.
+  each stage with its own freezing. Consecutive tasks with the same ``stage`` name form one stage of
+  their summed steps, inside which they alternate by the ``weighted`` rule (OmniVL's image stage, then
+  image and video tasks jointly); after the last stage its tasks go on alternating.
 
 Schedules are pure functions of the step, so a resumed run picks the same tasks as an uninterrupted
 one without any saved schedule state. Task data iterators are saved together (``TaskIterators``).
@@ -54,6 +56,7 @@ class Task:
     freeze: tuple[str, ...] = ()
     teachers: tuple[str, ...] = ()
     steps: int = 0
+    stage: str = ""  # the ``stages`` schedule: consecutive tasks of one stage name alternate within it
     data_cfg: dict = dataclasses.field(default_factory=dict)
     forward: Forward = dataclasses.field(default_factory=Forward)
 
@@ -144,7 +147,8 @@ def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:
             name=name, bundle=build_dataset(data, data.get("train_split", "train")), batch_size=int(data["batch_size"]),
             loss_fn=combined_loss(cfg["losses"]), weight=float(cfg.get("weight", 1.0)),
             lr_multiplier=float(cfg.get("lr_multiplier", 1.0)), freeze=tuple(cfg.get("freeze", ())),
-            teachers=tuple(cfg.get("teachers", ())), steps=int(cfg.get("steps", 0)), data_cfg=data,
+            teachers=tuple(cfg.get("teachers", ())), steps=int(cfg.get("steps", 0)), stage=str(cfg.get("stage", "")),
+            data_cfg=data,
             forward=parse_forward(cfg.get("forward"), f"task {name!r}")))
     return tasks
 
@@ -163,7 +167,8 @@ class TaskSchedule:
             order = np.repeat(np.arange(len(tasks)), budgets)
             self._order = np.random.default_rng(seed).permutation(order)
         if name == "stages":
-            self._ends = np.cumsum(budgets)
+            self._stages = _stage_orders(tasks, seed)
+            self._ends = np.cumsum([len(order) for order in self._stages])
 
     def tasks_at(self, step: int) -> tuple[str, ...]:
         n = len(self.names)
@@ -175,14 +180,36 @@ class TaskSchedule:
             return (self.names[int(np.random.default_rng([self.seed, step]).integers(n))],)
         if self.name == "weighted":
             return (self.names[int(self._order[step % len(self._order)])],)
-        stage = int(np.searchsorted(self._ends, step, side="right"))
-        return (self.names[min(stage, n - 1)],)
+        stage = min(int(np.searchsorted(self._ends, step, side="right")), len(self._stages) - 1)
+        order = self._stages[stage]
+        start = int(self._ends[stage - 1]) if stage else 0
+        return (self.names[int(order[(step - start) % len(order)])],)
 
     def step_kinds(self) -> list[tuple[str, ...]]:
         """Every distinct set of tasks a step can run (one compiled step function each)."""
         if len(self.names) == 1 or self.name == "accumulate":
             return [tuple(self.names)]
         return [(n,) for n in self.names]
+
+
+def _stage_orders(tasks: Sequence[Task], seed: int) -> list[np.ndarray]:
+    """Per stage (consecutive tasks of one ``stage`` name; a task without one is a stage of its own), the
+    task indices of its steps: each task ``steps`` times, in one seeded permutation (the ``weighted`` rule)."""
+    groups: list[tuple[str, list[int]]] = []
+    for i, task in enumerate(tasks):
+        key = getattr(task, "stage", "") or f"task:{task.name}"
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(i)
+        elif any(key == g for g, _ in groups):
+            raise ValueError(f"schedule 'stages': the tasks of stage {task.stage!r} must be consecutive in "
+                             f"config.tasks; task {task.name!r} follows another stage")
+        else:
+            groups.append((key, [i]))
+    orders = []
+    for number, (_, members) in enumerate(groups):
+        order = np.repeat(np.asarray(members), [max(tasks[i].steps, 1) for i in members])
+        orders.append(order if len(members) == 1 else np.random.default_rng([seed, number]).permutation(order))
+    return orders
 
 
 class TaskIterators:
