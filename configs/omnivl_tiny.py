@@ -56,7 +56,8 @@ import ml_collections
 
 from vlfm.train.config import base_config
 
-IMAGE_STEPS, JOINT_STEPS = 500, 2000
+MOTION_STEPS, IMAGE_STEPS = 500, 500  # the first two stages
+JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=1000)  # the joint stage, alternating
 BATCH = 32
 NUM_IMAGE_CLASSES = 56
 VIDEO_LABEL_WEIGHT = 0.3  # video-label rows per video-text row (see the docstring: motion classes, the queue)
@@ -82,8 +83,15 @@ def video_data() -> dict:
                 num_workers=0, train_split="train")
 
 
-def losses() -> dict:
-    return dict(multi_positive_contrastive=dict(label_key="label", queue=True, weight=1.0),
+def motion_data() -> dict:
+    """Video-label rows alone: every text a motion prompt."""
+    labels = dict(name="label_text", templates="data", keep=("video",), label_offset=NUM_IMAGE_CLASSES,
+                  source=dict(CLIPS, view="video_label"), batch_size=BATCH, num_workers=0, train_split="train")
+    return labels
+
+
+def losses(queue: bool = True) -> dict:
+    return dict(multi_positive_contrastive=dict(label_key="label", queue=queue, weight=1.0),
                 itm=dict(weight=1.0), caption_ce=dict(weight=1.0))
 
 
@@ -91,23 +99,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, "", "video_only"):
         raise ValueError(f"configs/omnivl_tiny.py takes no argument or 'video_only', got {arg!r}")
     c = base_config()
-    c.total_steps = IMAGE_STEPS + JOINT_STEPS
+    motion = dict(data=motion_data(), losses=losses(queue=False), steps=MOTION_STEPS, stage="motion")
+    joint = dict(
+        image_joint=dict(data=image_data(), losses=losses(), steps=JOINT_STEPS["image_joint"], stage="joint"),
+        motion_joint=dict(motion, steps=JOINT_STEPS["motion_joint"], stage="joint"),
+        video=dict(data=video_data(), losses=losses(), steps=JOINT_STEPS["video"], stage="joint"))
+    if arg == "video_only":  # the same video tasks and steps, no image task
+        del joint["image_joint"]
+        tasks = dict(motion=motion, **joint)
+    else:
+        tasks = dict(motion=motion, image=dict(data=image_data(), losses=losses(), steps=IMAGE_STEPS, stage="image"),
+                     **joint)
+    c.tasks = ml_collections.ConfigDict(tasks)
+    c.task_order = list(tasks)  # the stages in the order written (a ConfigDict sorts its keys by name)
+    c.schedule = "stages"
+    c.total_steps = sum(t["steps"] for t in tasks.values())
     c.model = ml_collections.ConfigDict(dict(
         name="omnivl", embed_dim=64, align_depth=1, align_heads=4, align_mlp_dim=256,
-        image=dict(name="video_vit", image_size=32, patch_size=8, tubelet_size=1, attention_type="divided",
+        image=dict(name="video_vit", image_size=32, patch_size=8, tubelet_size=2, attention_type="joint",
                    pos_embedding="space_time", num_frames=CLIPS["num_frames"], **TOWER),
         text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TOWER),
         decoder=dict(name="multimodal_decoder", vocab_size=70, max_len=16, depth=1, num_heads=4, mlp_dim=256),
     ))
-    if arg == "video_only":
-        c.tasks = ml_collections.ConfigDict(dict(video=dict(data=video_data(), losses=losses(), steps=c.total_steps)))
-    else:
-        c.tasks = ml_collections.ConfigDict(dict(
-            image=dict(data=image_data(), losses=losses(), steps=IMAGE_STEPS, stage="image"),
-            image_joint=dict(data=image_data(), losses=losses(), steps=JOINT_STEPS // 2, stage="joint"),
-            video=dict(data=video_data(), losses=losses(), steps=JOINT_STEPS - JOINT_STEPS // 2, stage="joint"),
-        ))
-    c.schedule = "stages"
     c.momentum.decay = 0.99
     c.momentum.queue_size = 8 * BATCH
     c.momentum.queue_keys = ["image_embed", "text_embed", "label"]
