@@ -56,7 +56,7 @@ import ml_collections
 
 from vlfm.train.config import base_config
 
-MOTION_STEPS, IMAGE_STEPS = 500, 500  # the first two stages
+MOTION_STEPS, IMAGE_STEPS = 1000, 500  # the first two stages
 JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=1000)  # the joint stage, alternating
 BATCH = 32
 NUM_IMAGE_CLASSES = 56

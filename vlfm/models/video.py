@@ -3,7 +3,8 @@ overlapping spectrogram patches (AST). Both keep the ViT tower's encoder, final 
 and replace only its input tokens.
 
 Tubelets (Arnab et al. 2021): ``[B, T, H, W, 3]`` cut into ``tubelet_size x patch x patch`` blocks,
-tokens in (time, row, column) order as HF ``VivitModel``; an image is a one-frame video. A 2-D ViT
+tokens in (time, row, column) order as HF ``VivitModel``; an image is a static clip of one tubelet
+(``tubelet_size`` copies of it; with 2-D patches, a one-frame video). A 2-D ViT
 patch kernel starts a tubelet kernel with ``inflate_kernel`` (ViViT's central-frame initialisation;
 ``init_from.inflate`` does it when a video model starts from an image checkpoint).
 
