@@ -7,21 +7,27 @@ Commands (the argument is ``ATTENTION,TUBELET``; default ``joint,2``):
 
 Data: 4 frames of 32 px; batch 32; 500 steps; validation accuracy on 500 held-out clips (chance 0.125).
 Model: ``image_classifier`` over a ``video_vit`` tower, 8x8 patches (with 2-frame tubelets: 2x8x8),
-width 64, 2 layers, 4 heads, space + time positions, a zero-initialised linear head on the class token.
+width 64, 2 layers, 4 heads, space + time positions (space only for ``space_only``), a zero-initialised
+linear head on the class token; 126,536 parameters (joint, 2), 156,232 with divided attention and 1-frame
+patches.
 
-Measured (2-core CPU, 2026-12-07, about 30-60 s each), accuracy at steps 250 / 500:
+Measured (2-core CPU, one run at a time beside another job, 2026-12-07, 30-60 s each), validation
+accuracy at steps 250 / 500:
 
     attention, tubelet      step 250 / 500
-    joint, 2                0.740 / 0.934
+    joint, 2                0.898 / 0.972
+    space_only, 2           0.888 / 0.974
     divided, 2              0.212 / 0.318
     divided, 1              0.242 / 0.314
-    joint, 1                0.124 / 0.134
-    space_only, 2           0.590 / 0.898
+    joint, 1                0.138 / 0.134
 
-Only runs whose tubelet spans two frames learn the direction, and divided space-time attention does not
-even then: divided attention learns the speed and not the direction (train loss at ln 4 for 1,000
-steps of a 1,500-step run, 0.28 held out). That is why ``omnivl_tiny``'s visual tower uses joint
-attention over 2-frame tubelets; ``omnivl_base`` keeps TimeSformer's divided attention at full size.
+Only towers whose tubelets span two frames learn the direction, and with divided space-time attention
+not even then: it learns the speed and not the direction (in a 1,500-step run of ``divided,1``, an
+earlier probe with this model and data, the train loss sat at ln 4 from step 500 on and 0.28 held
+out; its confusion matrix: every clip put in one of two classes by its speed). Why divided attention
+fails where space-only attention (each frame alone, class tokens averaged at the end) learns is not
+known. This is why ``omnivl_tiny``'s visual tower uses joint attention over 2-frame tubelets;
+``omnivl_base`` keeps TimeSformer's divided attention at full size.
 """
 
 import ml_collections
