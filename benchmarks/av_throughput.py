@@ -68,24 +68,6 @@ def _video_frames(index: int, seconds: float, size: int) -> np.ndarray:
     return out
 
 
-def encode_video(frames: np.ndarray, codec: str, kbps: int = 0) -> bytes:
-    """H.264 (or ``codec``) in MP4; ``kbps`` > 0 sets the bit rate (else the codec's default quality)."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=VIDEO_FPS)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if kbps:
-            stream.bit_rate = kbps * 1000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
 def encode_audio(index: int, seconds: float, rate: int, fmt: str) -> bytes:
     import soundfile
 
@@ -210,8 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak_tflops", type=float, default=989.0)
     parser.add_argument("--mfu", type=float, default=0.45)
     args = parser.parse_args(argv)
+    from vlfm.data.video import encode_video
 
-    videos = [encode_video(_video_frames(i, args.seconds, args.video_size), args.codec, args.video_kbps)
+    videos = [encode_video(_video_frames(i, args.seconds, args.video_size), VIDEO_FPS, "mp4", args.codec,
+                           bit_rate=args.video_kbps * 1000)
               for i in range(args.clips)]
     audio = [encode_audio(i, args.seconds, args.source_rate, args.audio_format) for i in range(args.clips)]
     settings = ("clips", "seconds", "video_size", "codec", "video_kbps", "frames", "max_stride", "crop", "source_rate",

@@ -12,7 +12,7 @@ from vlfm.losses import LOSSES, combined_loss
 from vlfm.losses import itm as itm_lib
 from vlfm.models import build_model
 from vlfm.train.config import load_config
-from vlfm.train.tasks import Task, TaskSchedule
+from vlfm.train.tasks import Task, TaskSchedule, task_names
 
 RNGS = ("params", "sampling", "dropout")
 
@@ -39,9 +39,9 @@ def test_tiny_forward_images_and_videos_share_parameters_and_losses_are_finite()
     del image["video"]
     init = lambda batch: model.init(_rngs(), batch, train=True)["params"]  # noqa: E731
     video_shapes, image_shapes = jax.eval_shape(init, video), jax.eval_shape(init, image)
-    # One parameter set: an image is a one-frame video (the temporal table is sized for the clips).
+    # One parameter set: an image is a static clip of one tubelet (the temporal table is sized for the clips).
     assert jax.tree.map(lambda x: x.shape, video_shapes) == jax.tree.map(lambda x: x.shape, image_shapes)
-    assert video_shapes["visual_tower"]["time_embed"]["embedding"].value.shape[0] == frames
+    assert video_shapes["visual_tower"]["time_embed"]["embedding"].value.shape[0] == frames // cfg.image.tubelet_size
 
     loss_fn = combined_loss(dict(multi_positive_contrastive=dict(label_key="label"), itm=dict(), caption_ce=dict()))
 
@@ -113,6 +113,18 @@ def test_stages_of_several_tasks_alternate_within_the_stage():
     assert [single.tasks_at(s)[0] for s in range(8)] == ["a"] * 2 + ["b"] * 6
     with pytest.raises(ValueError, match="consecutive"):
         TaskSchedule("stages", [_task("a", 1, "x"), _task("b", 1, "y"), _task("c", 1, "x")])
+
+
+def test_task_order_sets_the_order_of_stages_that_names_do_not_sort_into():
+    config = load_config("configs/omnivl_tiny.py")
+    by_name = ["image", "image_joint", "motion", "motion_joint", "video"]
+    assert list(config.tasks.keys()) == by_name  # a ConfigDict sorts its keys
+    assert task_names(config) == ["motion", "image", "image_joint", "motion_joint", "video"]
+    config.task_order = ["motion", "image", "video"]
+    with pytest.raises(ValueError, match="every task exactly once"):
+        task_names(config)
+    config.task_order = ()
+    assert task_names(config) == by_name
 
 
 def test_image_and_video_labels_in_one_space_with_one_vocabulary():

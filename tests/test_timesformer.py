@@ -63,6 +63,21 @@ def test_an_image_is_a_one_frame_clip_and_reads_the_first_time_position(tiny):
         jax.eval_shape(build_model(bad).init, jax.random.key(1), {"video": video})
 
 
+def test_with_tubelets_an_image_is_a_static_clip_of_one_tubelet():
+    """With tubelets of 2 frames an image is the clip of 2 copies of it, for every attention type."""
+    rng = np.random.default_rng(2)
+    image = jnp.asarray(rng.normal(size=(1, 16, 16, 3)), jnp.float32)
+    for attention in ("joint", "divided"):
+        model = build_model(dict(name="image_classifier", input_key="video",
+                                 image=dict(TOWER, tubelet_size=2, num_frames=4, attention_type=attention)))
+        shapes = strip_boxes(jax.eval_shape(model.init, jax.random.key(1), {"video": image})["params"])
+        params = jax.tree.map(lambda a: rng.normal(0.0, 0.3, a.shape).astype(a.dtype), shapes)
+        apply = jax.jit(lambda p, v: model.apply({"params": p}, {"video": v})["tokens"])  # noqa: B023
+        tokens = apply(params, image)
+        assert tokens.shape == (1, 5, 16)
+        np.testing.assert_array_equal(tokens, apply(params, jnp.stack([image, image], axis=1)))
+
+
 @pytest.mark.parity
 def test_timesformer_parity():
     """HF ``TimesformerModel`` (divided, and joint space-time attention) imported with

@@ -1,31 +1,19 @@
 """Video in the data workers: frame sampling, decoding with bad clips counted, one augmentation per
 clip, and the built-in moving shapes."""
 
-import io
-
 import numpy as np
 import pytest
 
 from vlfm.data import build_dataset, videos
 from vlfm.data.bad_data import BadData
 from vlfm.data.normalization import host_normalize
-from vlfm.data.video import VideoField, strided_indices, uniform_indices
+from vlfm.data.video import VideoField, encode_video, strided_indices, uniform_indices
 
 av = pytest.importorskip("av")
 
 
 def _mp4(frames, fps=8, fmt="mp4", codec="mpeg4"):
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"qscale": "1"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
+    return encode_video(frames, fps, fmt, codec, options={"qscale": "1"})
 
 
 def test_frame_sampling():

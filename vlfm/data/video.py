@@ -37,6 +37,29 @@ def strided_indices(num_available: int, num_frames: int, rng: np.random.Generato
     return start + stride * np.arange(num_frames)
 
 
+def encode_video(frames: np.ndarray, fps: int = 8, container_format: str = "mp4", codec: str = "mpeg4",
+                 options: Mapping[str, str] | None = None, bit_rate: int = 0) -> bytes:
+    """``[T, H, W, 3]`` uint8 RGB frames -> the bytes of a ``container_format`` file (what a ``KEY.mp4`` or
+    ``KEY.webm`` shard member holds), in ``codec`` with its ``options`` (e.g. ``{"qscale": "1"}``) and
+    ``bit_rate`` (bits per second; 0: the codec's default)."""
+    import av  # optional dependency: the ``video`` extra
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if options:
+            stream.options = dict(options)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def decode_frames(data: bytes) -> list:
     """Encoded video (MP4, WebM, ...) -> every frame decoded (PyAV ``VideoFrame``s, still in the codec's
     pixel format)."""

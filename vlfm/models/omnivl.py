@@ -2,7 +2,7 @@
 BLIP-style vision-grounded decoders, trained with UniVLC on image/video-text and image/video-label data.
 
 - Visual encoder: a ``video_vit`` tower with divided space-time attention (TimeSformer); an image
-  ``[B, H, W, 3]`` is a one-frame video (the tower reads the first row of its temporal table), so image
+  ``[B, H, W, 3]`` is a static clip of one tubelet (the tower reads the first row of its temporal table), so image
   and video batches share every parameter. The model reads ``batch["video"]`` when the batch has one,
   else ``batch["image"]``.
 - Text encoder: a ``bert`` tower (or any text tower); the contrastive embeddings are the normalised

@@ -3,7 +3,8 @@ overlapping spectrogram patches (AST). Both keep the ViT tower's encoder, final 
 and replace only its input tokens.
 
 Tubelets (Arnab et al. 2021): ``[B, T, H, W, 3]`` cut into ``tubelet_size x patch x patch`` blocks,
-tokens in (time, row, column) order as HF ``VivitModel``; an image is a one-frame video. A 2-D ViT
+tokens in (time, row, column) order as HF ``VivitModel``; an image is a static clip of one tubelet
+(``tubelet_size`` copies of it; with 2-D patches, a one-frame video). A 2-D ViT
 patch kernel starts a tubelet kernel with ``inflate_kernel`` (ViViT's central-frame initialisation;
 ``init_from.inflate`` does it when a video model starts from an image checkpoint).
 
@@ -201,24 +202,25 @@ class VideoTransformer(VisionTransformer):
     ``pos_embedding``: ``learned`` (one table over all tokens, ViViT), ``space_time`` (TimeSformer's
     spatial table plus a temporal one) or ``space`` (the spatial table alone). ``num_frames``: the input frames the temporal table is made
     for (None: the frames of the input that initialises the model); shorter clips, and images, read
-    its first rows.
+    its first rows. An image is a static clip of one tubelet (``tubelet_size`` copies of it), so image
+    and video batches share every parameter whatever the tubelet's length.
     """
 
     tubelet_size: int = 2
     attention_type: str = "joint"
     num_frames: int | None = None
 
-    @staticmethod
-    def _frames(video: jax.Array) -> int:
-        return 1 if video.ndim == 4 else video.shape[1]
+    def _frames(self, video: jax.Array) -> int:
+        """Input frames; an image counts as the static clip of one tubelet that ``embed`` makes of it."""
+        return self.tubelet_size if video.ndim == 4 else video.shape[1]
 
     def embed(self, video: jax.Array, *, train: bool) -> tuple[jax.Array, int]:
         dtype, pdtype = self.dtypes
         if self.pos_embedding not in VIDEO_POSITIONS:
             raise ValueError(f"unknown video_vit pos_embedding {self.pos_embedding!r}; valid: "
                              f"{', '.join(VIDEO_POSITIONS)}")
-        if video.ndim == 4:
-            video = video[:, None]
+        if video.ndim == 4:  # an image: a static clip of one tubelet (one frame for 2-D patches)
+            video = jnp.repeat(video[:, None], self.tubelet_size, axis=1)
         b, t, h, w, _ = video.shape
         p, k = self.patch_size, self.tubelet_size
         if t % k or h % p or w % p:

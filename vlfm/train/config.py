@@ -51,6 +51,8 @@ def base_config() -> ConfigDict:
     # Several objectives / data streams (vlfm.train.tasks); empty = one task from `data` and `losses`.
     c.tasks = ConfigDict()
     c.schedule = "round_robin"  # round_robin, uniform, weighted, accumulate, stages
+    # The tasks' order (the `stages` schedule runs its stages in it); empty = by name, as ConfigDict keeps them.
+    c.task_order = ()
     c.gradient_combiner = ConfigDict(dict(name="sum"))  # or gradient_masking (vlfm.optim.combine)
     c.teachers = ConfigDict()  # name -> config/model/workdir + params/checkpoint, or hf (vlfm.train.teachers)
     # Fine-tuning: start from another run's params (vlfm.train.init_from); one of params/checkpoint/hf,

@@ -14,7 +14,8 @@ decides which tasks run at each step:
 - ``stages``: task by task, each for its ``steps`` (VLMo's image -> text -> image-text stages),
   each stage with its own freezing. Consecutive tasks with the same ``stage`` name form one stage of
   their summed steps, inside which they alternate by the ``weighted`` rule (OmniVL's image stage, then
-  image and video tasks jointly); after the last stage its tasks go on alternating.
+  image and video tasks jointly); after the last stage its tasks go on alternating. Tasks are in
+  ``config.task_order`` where it is set, else sorted by name (``task_names``).
 
 Schedules are pure functions of the step, so a resumed run picks the same tasks as an uninterrupted
 one without any saved schedule state. Task data iterators are saved together (``TaskIterators``).
@@ -123,6 +124,20 @@ class Task:
         return TRAIN_FACTOR * (total - forward_only) + forward_only
 
 
+def task_names(config: ml_collections.ConfigDict) -> list[str]:
+    """``config.tasks``' names in ``config.task_order`` (which must name each task once), else by name: a
+    ConfigDict keeps its keys sorted, not in the order they were written, so the ``stages`` schedule needs
+    the order said where the stages' names do not sort into it."""
+    names = list(config.tasks.keys())
+    order = [str(n) for n in (config.get("task_order") or ())]
+    if not order:
+        return names
+    if sorted(order) != sorted(names):
+        raise ValueError(f"config.task_order {order} must name every task exactly once; the tasks: "
+                         f"{', '.join(names)}")
+    return order
+
+
 def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:
     """``config.tasks`` (name -> task config), or one implicit task from ``config.data`` / ``config.losses``."""
     if not config.get("tasks"):
@@ -130,8 +145,8 @@ def build_tasks(config: ml_collections.ConfigDict) -> list[Task]:
         return [Task("main", build_dataset(data, data.get("train_split", "train")), int(data["batch_size"]),
                      combined_loss(config.losses), data_cfg=data)]
     tasks = []
-    for name, cfg in config.tasks.items():
-        cfg = dict(cfg)
+    for name in task_names(config):
+        cfg = dict(config.tasks[name])
         unknown = sorted(set(cfg) - set(TASK_KEYS))
         if unknown:
             raise KeyError(f"task {name!r} has unknown keys {unknown}; valid keys: {', '.join(TASK_KEYS)}")
