@@ -97,7 +97,8 @@ def video_data() -> dict:
 
 
 def motion_data() -> dict:
-    """Video-label rows alone: every text a motion prompt."""
+    """Video-label rows alone: every text a motion prompt. ``keep`` is a list, new at each call: two tasks
+    share no object, so the saved config holds no YAML alias and reads back the same."""
     labels = dict(name="label_text", templates="data", keep=["video"], label_offset=NUM_IMAGE_CLASSES,
                   source=dict(CLIPS, view="video_label"), batch_size=BATCH, num_workers=0, train_split="train")
     return labels

@@ -32,18 +32,18 @@ known. This is why ``omnivl_tiny``'s visual tower uses joint attention over 2-fr
 
 import ml_collections
 
+from vlfm.models.video import ATTENTION_TYPES
 from vlfm.train.config import base_config
 
-ATTENTIONS = ("joint", "divided", "space_only")
 STEPS, BATCH, FRAMES = 500, 32, 4
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     spec = (arg or "joint,2").split(",")
     attention, tubelet = spec[0], (spec[1] if len(spec) > 1 else "2")
-    if len(spec) > 2 or attention not in ATTENTIONS or tubelet not in ("1", "2"):
+    if len(spec) > 2 or attention not in ATTENTION_TYPES or tubelet not in ("1", "2"):
         raise ValueError(f"configs/video_classifier_tiny.py takes ATTENTION,TUBELET with ATTENTION one of "
-                         f"{', '.join(ATTENTIONS)} and TUBELET 1 or 2, got {arg!r}")
+                         f"{', '.join(ATTENTION_TYPES)} and TUBELET 1 or 2, got {arg!r}")
     c = base_config()
     c.total_steps = STEPS
     c.model = ml_collections.ConfigDict(dict(name="image_classifier", input_key="video", image=dict(

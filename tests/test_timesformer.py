@@ -64,7 +64,7 @@ def test_an_image_is_a_one_frame_clip_and_reads_the_first_time_position(tiny):
 
 
 def test_with_tubelets_an_image_is_a_static_clip_of_one_tubelet():
-    """With tubelets of 2 frames an image is the clip of 2 copies of it, for every attention type."""
+    """With tubelets of 2 frames an image is the clip of 2 copies of it, with joint and divided attention."""
     rng = np.random.default_rng(2)
     image = jnp.asarray(rng.normal(size=(1, 16, 16, 3)), jnp.float32)
     for attention in ("joint", "divided"):
