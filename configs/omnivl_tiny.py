@@ -70,12 +70,14 @@ import ml_collections
 from vlfm.train.config import base_config
 
 MOTION_STEPS, IMAGE_STEPS = 1000, 500  # the first two stages
-JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=1000)  # the joint stage, alternating
-BATCH = 32
+JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=500)  # the joint stage, alternating
+BATCH = 32  # image and motion-label batches
+VIDEO_BATCH = 128  # video-caption batches: their in-batch negatives must differ in shape, not only colour
 NUM_IMAGE_CLASSES = 56
-VIDEO_LABEL_WEIGHT = 0.3  # video-label rows per video-text row (see the docstring: motion classes, the queue)
-TOWER = dict(width=64, depth=2, num_heads=4, mlp_dim=256, ln_eps=1e-5)
+TEXT_TOWER = dict(width=64, depth=2, num_heads=4, mlp_dim=256, ln_eps=1e-5)
+VISUAL_TOWER = dict(TEXT_TOWER, depth=3)
 SHAPES = dict(name="shapes", num_examples=20_000, image_size=32, max_objects=1, max_len=16)
+ATTRIBUTES = ["color", "shape", "direction"]  # what the captions name: which of them retrieval matches
 CLIPS = dict(name="moving_shapes", num_examples=10_000, num_frames=4, image_size=32, max_len=12, vocab="shapes")
 
 
@@ -87,13 +89,9 @@ def image_data() -> dict:
 
 
 def video_data() -> dict:
-    pairs = dict(name="unique_labels", weight=1.0, keep=("video", "text", "text_mask"),
-                 source=dict(CLIPS, view="video_caption"))
-    labels = dict(name="label_text", weight=VIDEO_LABEL_WEIGHT, templates="data", keep=("video",),
-                  label_offset=NUM_IMAGE_CLASSES,
-                  source=dict(CLIPS, view="video_label"))
-    return dict(name="mixture", sampling="weighted", datasets=dict(pairs=pairs, labels=labels), batch_size=BATCH,
-                num_workers=0, train_split="train")
+    """Captioned clips alone, each with a label of its own (the motion labels have their own tasks)."""
+    return dict(name="unique_labels", keep=["video", "text", "text_mask"], source=dict(CLIPS, view="video_caption"),
+                batch_size=VIDEO_BATCH, num_workers=0, train_split="train")
 
 
 def motion_data() -> dict:
@@ -118,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         image_joint=dict(data=image_data(), losses=losses(), steps=JOINT_STEPS["image_joint"], stage="joint"),
         motion_joint=dict(data=motion_data(), losses=losses(queue=False), steps=JOINT_STEPS["motion_joint"],
                           stage="joint"),
-        video=dict(data=video_data(), losses=losses(), steps=JOINT_STEPS["video"], stage="joint"))
+        video=dict(data=video_data(), losses=losses(queue=False), steps=JOINT_STEPS["video"], stage="joint"))
     if arg == "video_only":  # the same video tasks and steps, no image task
         del joint["image_joint"]
         tasks = dict(motion=motion, **joint)
@@ -131,9 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = sum(t["steps"] for t in tasks.values())
     c.model = ml_collections.ConfigDict(dict(
         name="omnivl", embed_dim=64, align_depth=1, align_heads=4, align_mlp_dim=256,
-        image=dict(name="video_vit", image_size=32, patch_size=8, tubelet_size=2, attention_type="joint",
-                   pos_embedding="space_time", num_frames=CLIPS["num_frames"], **TOWER),
-        text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TOWER),
+        image=dict(name="video_vit", image_size=32, patch_size=4, tubelet_size=2, attention_type="joint",
+                   pos_embedding="space_time", num_frames=CLIPS["num_frames"], **VISUAL_TOWER),
+        text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TEXT_TOWER),
         decoder=dict(name="multimodal_decoder", vocab_size=70, max_len=16, depth=1, num_heads=4, mlp_dim=256),
     ))
     c.momentum.decay = 0.99
@@ -144,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     every = c.total_steps
     c.evals = ml_collections.ConfigDict(dict(
         video_retrieval=dict(type="retrieval", every=every, split="validation", num_examples=500, input_key="video",
-                             data=dict(CLIPS, view="video_caption")),
+                             data=dict(CLIPS, view="video_caption"), attribute_keys=ATTRIBUTES),
         video_zeroshot=dict(type="clip_zeroshot", every=every, split="validation", num_examples=500,
                             input_key="video", view="video_label", class_names="data", templates="data",
                             data=dict(CLIPS)),
