@@ -74,8 +74,7 @@ JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=500)  # the joint st
 BATCH = 32  # image and motion-label batches
 VIDEO_BATCH = 128  # video-caption batches: their in-batch negatives must differ in shape, not only colour
 NUM_IMAGE_CLASSES = 56
-TEXT_TOWER = dict(width=64, depth=2, num_heads=4, mlp_dim=256, ln_eps=1e-5)
-VISUAL_TOWER = dict(TEXT_TOWER, depth=3)
+TOWER = dict(width=64, depth=2, num_heads=4, mlp_dim=256, ln_eps=1e-5)  # the visual and the text tower
 SHAPES = dict(name="shapes", num_examples=20_000, image_size=32, max_objects=1, max_len=16)
 ATTRIBUTES = ["color", "shape", "direction"]  # what the captions name: which of them retrieval matches
 CLIPS = dict(name="moving_shapes", num_examples=10_000, num_frames=4, image_size=32, max_len=12, vocab="shapes")
@@ -130,8 +129,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         name="omnivl", embed_dim=64, align_depth=1, align_heads=4, align_mlp_dim=256,
         image=dict(name="video_vit", image_size=32, patch_size=4, tubelet_size=2, attention_type="joint",
-                   pos_embedding="space_time", num_frames=CLIPS["num_frames"], **VISUAL_TOWER),
-        text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TEXT_TOWER),
+                   pos_embedding="space_time", num_frames=CLIPS["num_frames"], **TOWER),
+        text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TOWER),
         decoder=dict(name="multimodal_decoder", vocab_size=70, max_len=16, depth=1, num_heads=4, mlp_dim=256),
     ))
     c.momentum.decay = 0.99
@@ -139,7 +138,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.momentum.queue_keys = ["image_embed", "text_embed", "label"]
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=30)
     c.optimizer.weight_decay = 0.05
-    every = c.total_steps
+    every = 500  # along the stages: the motion, image and joint stages' effect on each metric
     c.evals = ml_collections.ConfigDict(dict(
         video_retrieval=dict(type="retrieval", every=every, split="validation", num_examples=500, input_key="video",
                              data=dict(CLIPS, view="video_caption"), attribute_keys=ATTRIBUTES),
