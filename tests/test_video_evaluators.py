@@ -147,6 +147,7 @@ def test_the_video_text_config_evaluates_its_dual_encoder_on_videos():
     evaluators = build_evaluators(c, make_predict_fns(model, mesh))
     metrics = {f"{n}/{k}": v for n, (ev, _) in evaluators.items() for k, v in ev.run(params)}
     assert metrics["retrieval/chance_r1"] == 1 / 16 and 0 <= metrics["retrieval/i2t_r10"] <= 1
+    assert {f"retrieval/t2i_top1_{k}" for k in ("color", "shape", "direction")} <= set(metrics)  # attribute_keys
     assert metrics["zeroshot/num_classes"] == 8 and 0 <= metrics["zeroshot/accuracy"] <= 1
 
 
