@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=50)
     c.optimizer.weight_decay = 0.05
     c.evals = ml_collections.ConfigDict(dict(
-        retrieval=dict(every=c.total_steps, split="validation", num_examples=500, input_key="video"),
+        retrieval=dict(every=c.total_steps, split="validation", num_examples=500, input_key="video",
+                       attribute_keys=["color", "shape", "direction"]),
         zeroshot=dict(type="clip_zeroshot", every=c.total_steps, split="validation", num_examples=500,
                       input_key="video", view="video_label", class_names="data", templates="data"),
     ))

@@ -103,6 +103,7 @@ def test_built_in_moving_shapes_move_as_labelled():
         e = bundle.examples[i]
         a = videos.attributes("train", i)
         assert int(e["label"]) == a["direction"] * 2 + a["speed"] and int(e["color"]) == a["color"]
+        assert (int(e["direction"]), int(e["speed"])) == (a["direction"], a["speed"])
         frames = videos.clip("train", i, 8, 48)
         np.testing.assert_allclose(e["video"], frames / 127.5 - 1, atol=1e-6)
         move = _centre(frames[-1]) - _centre(frames[0])

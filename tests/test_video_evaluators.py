@@ -10,7 +10,7 @@ from vlfm.data.pipeline import build_dataset, eval_arrays
 from vlfm.evaluators import EVALUATORS
 from vlfm.evaluators.classification import clip_views
 from vlfm.evaluators.multilabel import average_precision, multilabel_metrics, roc_auc
-from vlfm.evaluators.retrieval import recall_at_k
+from vlfm.evaluators.retrieval import recall_at_k, top1_attribute_agreement
 from vlfm.evaluators.zeroshot import ensemble_class_embeddings, topk_accuracy
 
 VIDEOS = dict(name="moving_shapes", num_examples=24, num_frames=8, image_size=16)
@@ -103,6 +103,12 @@ def test_video_text_retrieval_and_zero_shot_read_the_videos():
     assert got["i2t_r5"] == recall_at_k(sim)["r5"] and got["t2i_r1"] == recall_at_k(sim.T)["r1"]
     with pytest.raises(KeyError, match="no 'image' in the evaluation batch"):
         list(EVALUATORS.get("retrieval")(fns, data=data, num_examples=8).run(None))
+    keyed = dict(EVALUATORS.get("retrieval")(fns, data=data, num_examples=24, batch_size=8, input_key="video",
+                                             attribute_keys=("color", "direction")).run(None))
+    assert (keyed["t2i_top1_color"], keyed["chance_top1_color"]) == top1_attribute_agreement(sim, arrays["color"])
+    with pytest.raises(KeyError, match="attribute_keys: no 'size'"):
+        list(EVALUATORS.get("retrieval")(fns, data=data, num_examples=8, input_key="video",
+                                         attribute_keys=("size",)).run(None))
     zs = dict(EVALUATORS.get("clip_zeroshot")(fns, data=data, num_examples=24, batch_size=8, input_key="video",
                                               view="video_label", class_names="data", templates="data").run(None))
     bundle = build_dataset(dict(data, view="video_label"), "validation")
@@ -141,4 +147,18 @@ def test_the_video_text_config_evaluates_its_dual_encoder_on_videos():
     evaluators = build_evaluators(c, make_predict_fns(model, mesh))
     metrics = {f"{n}/{k}": v for n, (ev, _) in evaluators.items() for k, v in ev.run(params)}
     assert metrics["retrieval/chance_r1"] == 1 / 16 and 0 <= metrics["retrieval/i2t_r10"] <= 1
+    assert {f"retrieval/t2i_top1_{k}" for k in ("color", "shape", "direction")} <= set(metrics)  # attribute_keys
     assert metrics["zeroshot/num_classes"] == 8 and 0 <= metrics["zeroshot/accuracy"] <= 1
+
+
+def test_top1_attribute_agreement_counts_the_captions_whose_best_image_shares_the_value():
+    values = np.array([0, 0, 1, 2])  # images 0 and 1 share a value
+    sim = np.array([[0.9, 0.8, 0.0, 0.0],  # images x captions: caption 1's best image is image 0 (same value)
+                    [0.1, 0.2, 0.0, 0.0],
+                    [0.0, 0.0, 0.1, 0.9],  # caption 3's best image is image 2 (another value)
+                    [0.0, 0.0, 0.0, 0.5]])
+    agreement, chance = top1_attribute_agreement(sim, values)
+    assert agreement == 0.75  # captions 0, 1, 2 agree; caption 3 does not
+    assert chance == pytest.approx((1 / 3 + 1 / 3 + 0 + 0) / 4)  # the other images sharing each value
+    with pytest.raises(ValueError, match="not images x captions"):
+        top1_attribute_agreement(sim[:3], values)

@@ -98,7 +98,7 @@ def tokenizer(vocab: str = "own") -> WordTokenizer:
 
 
 class _Clips(grain.sources.RandomAccessDataSource):
-    """index -> {"video" [-1, 1], "label", "color", "shape"(, "text", "text_mask")}, generated on access."""
+    """index -> {"video" [-1, 1], "label", "direction", "speed", "color", "shape"(, "text", "text_mask")}, generated on access."""
 
     def __init__(self, split: str, num_examples: int, num_frames: int, image_size: int, max_len: int | None,
                  vocab: str = "own"):
@@ -114,6 +114,7 @@ class _Clips(grain.sources.RandomAccessDataSource):
         frames = clip(self.split, index, self.num_frames, self.image_size)
         out = {"video": frames.astype(np.float32) / 127.5 - 1.0,
                "label": np.int32(a["direction"] * len(SPEEDS) + a["speed"]),
+               "direction": np.int32(a["direction"]), "speed": np.int32(a["speed"]),
                "color": np.int32(a["color"]), "shape": np.int32(a["shape"])}
         if self.max_len is not None:
             tokens = tokenizer(self.vocab).encode_batch([caption(self.split, index)], self.max_len)
@@ -125,7 +126,7 @@ class _Clips(grain.sources.RandomAccessDataSource):
 def moving_shapes_dataset(split: str, num_examples: int = 10_000, view: str = "video_label", num_frames: int = 8,
                           image_size: int = 32, max_len: int = 10, vocab: str = "own") -> DatasetBundle:
     """Built-in videos: ``video`` ``[num_frames, image_size, image_size, 3]`` in [-1, 1] with ``label``
-    (direction x speed), ``color`` and ``shape``; ``video_caption`` adds the caption as ``text``.
+    (direction x speed), ``direction``, ``speed``, ``color`` and ``shape``; ``video_caption`` adds the caption as ``text``.
     ``vocab``: the tokenizer's words (``tokenizer``): ``shapes`` to share a text encoder with the built-in
     images."""
     if view not in VIEWS:

@@ -3,7 +3,7 @@ and zero-shot classification for dual encoders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,22 @@ def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
     correct = similarity[np.arange(n), np.arange(n)]
     rank = (similarity >= correct[:, None]).sum(axis=1) - 1
     return {f"r{k}": float(np.mean(rank < k)) for k in ks}
+
+
+def top1_attribute_agreement(similarity: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Text->image: the share of captions whose top-ranked image (a caption's own image excluded from
+    neither) has the same ``values`` (an attribute such as colour) as the caption's own image, and that
+    share for a ranking at random (the mean share of the other images that have the caption's value).
+    What retrieval matches when R@1 is low: a model that reads only the colour agrees on colour, not shape.
+    """
+    similarity, values = np.asarray(similarity), np.asarray(values)
+    n = len(values)
+    if similarity.shape != (n, n):
+        raise ValueError(f"similarity {similarity.shape} is not images x captions for {n} values")
+    top = np.argmax(similarity, axis=0)  # the best image of each caption (similarity: images x captions)
+    same = values[:, None] == values[None, :]
+    chance = (same.sum(axis=1) - 1) / max(n - 1, 1)
+    return float(np.mean(values[top] == values)), float(np.mean(chance))
 
 
 def multi_caption_recall(similarity: np.ndarray, caption_image: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -121,18 +137,26 @@ class MultiCaptionRetrievalEvaluator:
 class RetrievalEvaluator:
     """Image->text and text->image recall over held-out pairs (one caption per image). ``input_key``: the
     batch key of what ``encode_image`` encodes (``video`` for video-text retrieval: R@1/5/10 of clips
-    and captions, ``i2t`` being video to text)."""
+    and captions, ``i2t`` being video to text).
+
+    ``attribute_keys``: batch keys of attributes the captions name (the built-in data's ``color``,
+    ``shape``, ``direction``); for each, ``t2i_top1_{key}`` is the share of captions whose top-ranked image
+    has the caption's value and ``chance_top1_{key}`` that share at random (``top1_attribute_agreement``):
+    which words retrieval matches."""
 
     def __init__(self, predict_fns: Mapping[str, Callable], *, data: Mapping[str, Any], split: str = "validation",
-                 num_examples: int | None = None, batch_size: int = 256, input_key: str = "image"):
+                 num_examples: int | None = None, batch_size: int = 256, input_key: str = "image",
+                 attribute_keys: Sequence[str] = ()):
         self.encode_image = predict_fns["encode_image"]
         self.encode_text = predict_fns["encode_text"]
         self.bundle, self.num_examples, self.batch_size = build_dataset(data, split), num_examples, batch_size
-        self.input_key = input_key
+        self.input_key, self.attribute_keys = input_key, tuple(attribute_keys)
 
     def run(self, params: Any) -> Iterator[tuple[str, float]]:
         fns = {"zi": lambda p, b: self.encode_image(p, media(b, self.input_key)),
                "zt": lambda p, b: self.encode_text(p, {"text": b["text"], "text_mask": b["text_mask"]})}
+        for key in self.attribute_keys:
+            fns[key] = lambda p, b, key=key: _attribute(b, key)
         out = predict_split(fns, params, eval_examples(self.bundle, self.num_examples), self.batch_size)
         sim = out["zi"].astype(np.float32) @ out["zt"].astype(np.float32).T
         for name, value in recall_at_k(sim).items():
@@ -140,6 +164,16 @@ class RetrievalEvaluator:
         for name, value in recall_at_k(sim.T).items():
             yield f"t2i_{name}", value
         yield "chance_r1", 1.0 / len(sim)
+        for key in self.attribute_keys:
+            agreement, chance = top1_attribute_agreement(sim, out[key])
+            yield f"t2i_top1_{key}", agreement
+            yield f"chance_top1_{key}", chance
+
+
+def _attribute(batch: Mapping[str, Any], key: str) -> Any:
+    if key not in batch:
+        raise KeyError(f"attribute_keys: no {key!r} in the evaluation batch; it has {', '.join(sorted(batch))}")
+    return batch[key]
 
 
 @EVALUATORS.register("zeroshot_classification")
