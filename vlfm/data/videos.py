@@ -98,7 +98,8 @@ def tokenizer(vocab: str = "own") -> WordTokenizer:
 
 
 class _Clips(grain.sources.RandomAccessDataSource):
-    """index -> {"video" [-1, 1], "label", "direction", "speed", "color", "shape"(, "text", "text_mask")}, generated on access."""
+    """index -> {"video" [-1, 1], "label", "direction", "speed", "color", "shape"(, "text", "text_mask")},
+    generated on access."""
 
     def __init__(self, split: str, num_examples: int, num_frames: int, image_size: int, max_len: int | None,
                  vocab: str = "own"):
@@ -126,7 +127,8 @@ class _Clips(grain.sources.RandomAccessDataSource):
 def moving_shapes_dataset(split: str, num_examples: int = 10_000, view: str = "video_label", num_frames: int = 8,
                           image_size: int = 32, max_len: int = 10, vocab: str = "own") -> DatasetBundle:
     """Built-in videos: ``video`` ``[num_frames, image_size, image_size, 3]`` in [-1, 1] with ``label``
-    (direction x speed), ``direction``, ``speed``, ``color`` and ``shape``; ``video_caption`` adds the caption as ``text``.
+    (direction x speed), ``direction``, ``speed``, ``color`` and ``shape``; ``video_caption`` adds the
+    caption as ``text``.
     ``vocab``: the tokenizer's words (``tokenizer``): ``shapes`` to share a text encoder with the built-in
     images."""
     if view not in VIEWS:

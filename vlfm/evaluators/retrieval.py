@@ -13,12 +13,17 @@ from vlfm.evaluators.predict import predict_all, predict_split
 from vlfm.evaluators.registry import EVALUATORS
 
 
+def batch_value(batch: Mapping[str, Any], key: str, option: str) -> Any:
+    """``batch[key]``, failing with the option that named the key and the batch's keys when it has none."""
+    if key not in batch:
+        raise KeyError(f"{option}: no {key!r} in the evaluation batch; it has {', '.join(sorted(batch))}")
+    return batch[key]
+
+
 def media(batch: Mapping[str, Any], input_key: str) -> dict[str, Any]:
     """``{input_key: batch[input_key]}``: what an ``encode_image`` predict function reads (images, or
-    videos for a video tower), failing with the batch's keys when the data has none."""
-    if input_key not in batch:
-        raise KeyError(f"no {input_key!r} in the evaluation batch (input_key); it has {', '.join(sorted(batch))}")
-    return {input_key: batch[input_key]}
+    videos for a video tower)."""
+    return {input_key: batch_value(batch, input_key, "input_key")}
 
 
 def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -32,9 +37,9 @@ def recall_at_k(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
 
 
 def top1_attribute_agreement(similarity: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    """Text->image: the share of captions whose top-ranked image (a caption's own image excluded from
-    neither) has the same ``values`` (an attribute such as colour) as the caption's own image, and that
-    share for a ranking at random (the mean share of the other images that have the caption's value).
+    """Text->image: the share of captions whose top-ranked image (their own image included) has the same
+    ``values`` (an attribute such as colour) as the caption's own image, and that share for a ranking at
+    random (the mean share of the other images that have the caption's value).
     What retrieval matches when R@1 is low: a model that reads only the colour agrees on colour, not shape.
     """
     similarity, values = np.asarray(similarity), np.asarray(values)
@@ -156,7 +161,7 @@ class RetrievalEvaluator:
         fns = {"zi": lambda p, b: self.encode_image(p, media(b, self.input_key)),
                "zt": lambda p, b: self.encode_text(p, {"text": b["text"], "text_mask": b["text_mask"]})}
         for key in self.attribute_keys:
-            fns[key] = lambda p, b, key=key: _attribute(b, key)
+            fns[key] = lambda p, b, key=key: batch_value(b, key, "attribute_keys")
         out = predict_split(fns, params, eval_examples(self.bundle, self.num_examples), self.batch_size)
         sim = out["zi"].astype(np.float32) @ out["zt"].astype(np.float32).T
         for name, value in recall_at_k(sim).items():
@@ -168,12 +173,6 @@ class RetrievalEvaluator:
             agreement, chance = top1_attribute_agreement(sim, out[key])
             yield f"t2i_top1_{key}", agreement
             yield f"chance_top1_{key}", chance
-
-
-def _attribute(batch: Mapping[str, Any], key: str) -> Any:
-    if key not in batch:
-        raise KeyError(f"attribute_keys: no {key!r} in the evaluation batch; it has {', '.join(sorted(batch))}")
-    return batch[key]
 
 
 @EVALUATORS.register("zeroshot_classification")
