@@ -21,7 +21,8 @@ Data: shapes images (32 px, one object, 56 colour-shape classes); moving shapes 
 px, 8 direction x speed classes). Model: 2x4x4 tubelets (128 tokens a clip; an image: 64, as a static
 clip), width 64, 2 layers of joint space-time attention; a causal text transformer (2 layers of width 64,
 pooled at the end token, as in ``clip_tiny``); alignment decoder 1 layer; generation decoder 1 layer; 64-d
-contrastive space; momentum 0.99, queue of 256 rows for the image tasks; 401,667 parameters. Evaluated
+contrastive space; momentum 0.99, one queue of 256 rows, read by the image tasks and filled by every
+task (``:video_only`` has no momentum model: none of its losses reads one); 401,667 parameters. Evaluated
 every 500 steps on 500 held-out clips: video-text retrieval (R@1/5/10; chance R@1 0.002, R@10 0.02) with
 the share of captions whose top-ranked clip has the caption's colour, shape and direction
 (``attribute_keys``; chance 0.13, 0.14, 0.25), zero-shot video classification with the data's prompts
@@ -132,9 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         text=dict(name="text_transformer", vocab_size=70, max_len=16, pool="eos", eos_id=3, **TOWER),
         decoder=dict(name="multimodal_decoder", vocab_size=70, max_len=16, depth=1, num_heads=4, mlp_dim=256),
     ))
-    c.momentum.decay = 0.99
-    c.momentum.queue_size = 8 * BATCH
-    c.momentum.queue_keys = ["image_embed", "text_embed", "label"]
+    if arg != "video_only":  # one queue, read by the image tasks, filled by every task's momentum rows
+        c.momentum.decay = 0.99
+        c.momentum.queue_size = 8 * BATCH
+        c.momentum.queue_keys = ["image_embed", "text_embed", "label"]
     c.optimizer.lr = dict(name="cosine", peak=2e-3, warmup_steps=30)
     c.optimizer.weight_decay = 0.05
     every = 500  # along the stages: the motion, image and joint stages' effect on each metric
