@@ -70,6 +70,7 @@ import ml_collections
 from vlfm.train.config import base_config
 
 MOTION_STEPS, IMAGE_STEPS = 1000, 500  # the first two stages
+MOTION_LR_MULTIPLIER = 0.5  # at the full rate the motion stage often learns only the speed (see the docstring)
 JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=500)  # the joint stage, alternating
 BATCH = 32  # image and motion-label batches
 VIDEO_BATCH = 128  # video-caption batches: their in-batch negatives must differ in shape, not only colour
@@ -110,7 +111,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, "", "video_only"):
         raise ValueError(f"configs/omnivl_tiny.py takes no argument or 'video_only', got {arg!r}")
     c = base_config()
-    motion = dict(data=motion_data(), losses=losses(queue=False), steps=MOTION_STEPS, stage="motion")
+    motion = dict(data=motion_data(), losses=losses(queue=False), steps=MOTION_STEPS, stage="motion",
+                  lr_multiplier=MOTION_LR_MULTIPLIER)
     joint = dict(
         image_joint=dict(data=image_data(), losses=losses(), steps=JOINT_STEPS["image_joint"], stage="joint"),
         motion_joint=dict(data=motion_data(), losses=losses(queue=False), steps=JOINT_STEPS["motion_joint"],
