@@ -83,7 +83,7 @@ from vlfm.train.config import base_config
 
 MOTION_STEPS, IMAGE_STEPS = 1000, 500  # the first two stages
 MOTION_LR_MULTIPLIER = 0.5  # at the full rate the motion stage often learns only the speed (see the docstring)
-JOINT_STEPS = dict(image_joint=500, motion_joint=500, video=500)  # the joint stage, alternating
+JOINT_STEPS = dict(image_joint=250, motion_joint=750, video=500)  # the joint stage, alternating (see the docstring)
 BATCH = 32  # image and motion-label batches
 VIDEO_BATCH = 128  # video-caption batches: their in-batch negatives must differ in shape, not only colour
 NUM_IMAGE_CLASSES = 56
